@@ -1,0 +1,83 @@
+// mmkat._C: the Python module, the operator schema (TORCH_LIBRARY) and the input checks.
+//
+// The operators are functional (they return new tensors), so torch.compile, fake tensors and
+// torch.library.opcheck handle them; mmkat/ops/group_rational.py registers their fake (meta) kernels
+// and the autograd formula. Backend kernels register themselves: CPU in group_rational_cpu.cpp, CUDA in
+// group_rational_cuda.cu (compiled only when a CUDA toolkit was found).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "group_rational.h"
+#include "rational_math.h"
+
+#ifndef MMKAT_TORCH_VERSION
+#define MMKAT_TORCH_VERSION "unknown"
+#endif
+#ifndef MMKAT_CUDA_ARCHS
+#define MMKAT_CUDA_ARCHS ""
+#endif
+#ifdef MMKAT_WITH_CUDA
+constexpr long kWithCuda = 1;
+#else
+constexpr long kWithCuda = 0;
+#endif
+
+namespace mmkat {
+
+void check_group_rational_inputs(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                 const at::Tensor& weight_denominator, int64_t groups, const char* op) {
+  TORCH_CHECK(x.is_floating_point(), op, ": x must be a floating-point tensor (float32, float64, float16 or ",
+              "bfloat16), got ", x.scalar_type());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., C), got a 0-d tensor");
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  const int64_t channels = x.size(-1);
+  TORCH_CHECK(channels % groups == 0, op, ": the last dimension of x (C = ", channels,
+              ") must be divisible by groups = ", groups);
+  TORCH_CHECK(weight_numerator.is_floating_point() && weight_denominator.is_floating_point(), op,
+              ": weight_numerator and weight_denominator must be floating-point, got ",
+              weight_numerator.scalar_type(), " and ", weight_denominator.scalar_type());
+  TORCH_CHECK(weight_numerator.dim() == 2 && weight_numerator.size(0) == 1 && weight_numerator.size(1) == kNumerator,
+              op, ": weight_numerator must have shape [1, ", kNumerator, "], got ", weight_numerator.sizes());
+  TORCH_CHECK(weight_denominator.dim() == 2 && weight_denominator.size(0) == groups &&
+                  weight_denominator.size(1) == kDenominator,
+              op, ": weight_denominator must have shape [groups=", groups, ", ", kDenominator, "], got ",
+              weight_denominator.sizes());
+  TORCH_CHECK(weight_numerator.device() == x.device() && weight_denominator.device() == x.device(), op,
+              ": x, weight_numerator and weight_denominator must be on one device, got ", x.device(), ", ",
+              weight_numerator.device(), " and ", weight_denominator.device());
+}
+
+}  // namespace mmkat
+
+TORCH_LIBRARY(mmkat, m) {
+  m.def(
+      "group_rational_forward(Tensor x, Tensor weight_numerator, Tensor weight_denominator, int groups) "
+      "-> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "group_rational_backward(Tensor grad_output, Tensor x, Tensor weight_numerator, "
+      "Tensor weight_denominator, int groups) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(mmkat, CPU, m) {
+  m.impl("group_rational_forward", &mmkat::group_rational_forward_cpu);
+  m.impl("group_rational_backward", &mmkat::group_rational_backward_cpu);
+}
+
+// A plain extension module: importing mmkat._C loads this library, which runs the registrations above.
+static struct PyModuleDef mmkat_c_module = {
+    PyModuleDef_HEAD_INIT, "_C", "mmkat's compiled group-rational operator (torch.ops.mmkat).", -1, nullptr,
+};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&mmkat_c_module);
+  if (module == nullptr) return nullptr;
+  if (PyModule_AddIntConstant(module, "with_cuda", kWithCuda) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_archs", MMKAT_CUDA_ARCHS) < 0 ||
+      PyModule_AddStringConstant(module, "built_with_torch", MMKAT_TORCH_VERSION) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

@@ -1,0 +1,20 @@
+// mmkat: declarations shared by the bindings (group_rational.cpp) and the kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace mmkat {
+
+// Checks shared by every backend; the messages name what was expected. `op` names the caller.
+void check_group_rational_inputs(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                 const at::Tensor& weight_denominator, int64_t groups, const char* op);
+
+at::Tensor group_rational_forward_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                      const at::Tensor& weight_denominator, int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups);
+
+}  // namespace mmkat

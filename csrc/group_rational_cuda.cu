@@ -1,0 +1,320 @@
+// mmkat: CUDA kernels of the group-rational op.
+//
+// Layout: x is viewed as [rows, C], C = groups * D. A block works on ONE group (blockIdx.x) and a strided
+// set of rows (blockIdx.y); inside it, TPR threads cover one row segment of the group with 16-byte vectors
+// and the other threads take the next rows. Every thread therefore sees a single group, keeps that group's
+// coefficients in registers and accumulates the 10 coefficient gradients in fp32 registers.
+// Backward reduces them warp -> block in a fixed tree, writes one partial per block, and a second tiny
+// kernel adds the partials in a fixed order: no atomics, bitwise-reproducible gradients for a given shape
+// and GPU.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <initializer_list>
+
+#include "group_rational.h"
+#include "rational_math.h"
+
+namespace mmkat {
+namespace {
+
+#ifndef MMKAT_CUDA_UNROLL
+#define MMKAT_CUDA_UNROLL 2
+#endif
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = MMKAT_CUDA_UNROLL;  // row segments in flight per thread and iteration
+
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Vec {
+  scalar_t v[VEC];
+};
+
+struct Layout {
+  int64_t rows, channels, groups, d;
+  int vec;        // elements per vector load
+  int per_row;    // vectors per row segment of a group (d / vec)
+  int tpr;        // threads per row segment
+  int rpi;        // row segments per block iteration (kThreads / tpr)
+};
+
+// Loads a group's coefficients into registers (a shared, |b| for the group) in the math type T.
+template <typename T>
+__device__ __forceinline__ void load_coefficients(const T* __restrict__ wn, const T* __restrict__ wd, int64_t g,
+                                                  T* a, T* babs) {
+#pragma unroll
+  for (int i = 0; i < kNumerator; ++i) a[i] = wn[i];
+#pragma unroll
+  for (int j = 0; j < kDenominator; ++j) babs[j] = fabs(wd[g * kDenominator + j]);
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+                                                           const at::opmath_type<scalar_t>* __restrict__ wn,
+                                                           const at::opmath_type<scalar_t>* __restrict__ wd,
+                                                           Layout L) {
+  using T = at::opmath_type<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  const int64_t g = blockIdx.x;
+  T a[kNumerator], babs[kDenominator];
+  load_coefficients(wn, wd, g, a, babs);
+  const int lane = threadIdx.x % L.tpr;
+  const int64_t r0 = threadIdx.x / L.tpr;
+  if (r0 >= L.rpi) return;
+  const int64_t row_step = static_cast<int64_t>(gridDim.y) * L.rpi;
+  for (int64_t r = blockIdx.y * L.rpi + r0; r < L.rows; r += row_step * kUnroll) {
+    for (int cv = lane; cv < L.per_row; cv += L.tpr) {
+      V in[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t ru = r + u * row_step;
+        if (ru < L.rows) in[u] = *reinterpret_cast<const V*>(x + ru * L.channels + g * L.d + cv * VEC);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t ru = r + u * row_step;
+        if (ru < L.rows) {
+          V out;
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) {
+            out.v[k] = static_cast<scalar_t>(rational_forward<T>(static_cast<T>(in[u].v[k]), a, babs));
+          }
+          *reinterpret_cast<V*>(y + ru * L.channels + g * L.d + cv * VEC) = out;
+        }
+      }
+    }
+  }
+}
+
+// Fixed-order tree reduction of kCoeffGrads values over a block; the result lands in thread 0.
+template <typename T>
+__device__ __forceinline__ void block_reduce(T* vals) {
+  __shared__ T smem[kThreads / 32][kCoeffGrads];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < kCoeffGrads; ++k) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) vals[k] += __shfl_down_sync(0xffffffffu, vals[k], off);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < kCoeffGrads; ++k) smem[warp][k] = vals[k];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int k = 0; k < kCoeffGrads; ++k) {
+      T s = smem[0][k];
+      for (int w = 1; w < kThreads / 32; ++w) s += smem[w][k];
+      vals[k] = s;
+    }
+  }
+}
+
+template <typename scalar_t, int VEC>
+__global__ void __launch_bounds__(kThreads) backward_kernel(const scalar_t* __restrict__ dy,
+                                                            const scalar_t* __restrict__ x,
+                                                            scalar_t* __restrict__ dx,
+                                                            const at::opmath_type<scalar_t>* __restrict__ wn,
+                                                            const at::opmath_type<scalar_t>* __restrict__ wd,
+                                                            at::opmath_type<scalar_t>* __restrict__ partials,
+                                                            Layout L) {
+  using T = at::opmath_type<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  const int64_t g = blockIdx.x;
+  T a[kNumerator], babs[kDenominator];
+  load_coefficients(wn, wd, g, a, babs);
+  T acc[kCoeffGrads];
+#pragma unroll
+  for (int k = 0; k < kCoeffGrads; ++k) acc[k] = T(0);
+  const int lane = threadIdx.x % L.tpr;
+  const int64_t r0 = threadIdx.x / L.tpr;
+  if (r0 < L.rpi) {
+    const int64_t row_step = static_cast<int64_t>(gridDim.y) * L.rpi;
+    for (int64_t r = blockIdx.y * L.rpi + r0; r < L.rows; r += row_step * kUnroll) {
+      for (int cv = lane; cv < L.per_row; cv += L.tpr) {
+        V xin[kUnroll], gin[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t ru = r + u * row_step;
+          if (ru < L.rows) {
+            const int64_t off = ru * L.channels + g * L.d + cv * VEC;
+            xin[u] = *reinterpret_cast<const V*>(x + off);
+            gin[u] = *reinterpret_cast<const V*>(dy + off);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t ru = r + u * row_step;
+          if (ru < L.rows) {
+            V out;
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+              out.v[k] = static_cast<scalar_t>(rational_backward<T>(static_cast<T>(xin[u].v[k]),
+                                                                    static_cast<T>(gin[u].v[k]), a, babs, acc));
+            }
+            *reinterpret_cast<V*>(dx + ru * L.channels + g * L.d + cv * VEC) = out;
+          }
+        }
+      }
+    }
+  }
+  block_reduce(acc);
+  if (threadIdx.x == 0) {
+    T* out = partials + (static_cast<int64_t>(blockIdx.y) * L.groups + g) * kCoeffGrads;
+#pragma unroll
+    for (int k = 0; k < kCoeffGrads; ++k) out[k] = acc[k];
+  }
+}
+
+// One block: sums the [blocks_y, groups, 10] partials in a fixed order. Warp w handles outputs w, w+8, ...
+// (lanes stride over blocks_y, then a fixed shuffle tree); then the numerator is summed over groups and the
+// denominator sums are multiplied by sign(b) (sign(0) = +1).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ partials, int64_t blocks_y,
+                                                          int64_t groups, const T* __restrict__ wd,
+                                                          T* __restrict__ per_group,  // [groups, 10] scratch
+                                                          T* __restrict__ d_num, T* __restrict__ d_den) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t outputs = groups * kCoeffGrads;
+  for (int64_t o = warp; o < outputs; o += kThreads / 32) {
+    T s = T(0);
+    for (int64_t b = lane; b < blocks_y; b += 32) s += partials[b * outputs + o];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) per_group[o] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < kNumerator) {
+    T s = T(0);
+    for (int64_t g = 0; g < groups; ++g) s += per_group[g * kCoeffGrads + threadIdx.x];
+    d_num[threadIdx.x] = s;
+  }
+  for (int64_t i = threadIdx.x; i < groups * kDenominator; i += kThreads) {
+    const int64_t g = i / kDenominator, j = i % kDenominator;
+    d_den[i] = (wd[i] < T(0) ? T(-1) : T(1)) * per_group[g * kCoeffGrads + kNumerator + j];
+  }
+}
+
+// 16-byte vectors when a group's segment is a whole number of them and every buffer is 16-byte aligned.
+Layout make_layout(const at::Tensor& x, int64_t groups, std::initializer_list<const void*> buffers) {
+  Layout L;
+  L.channels = x.size(-1);
+  L.rows = L.channels == 0 ? 0 : x.numel() / L.channels;
+  L.groups = groups;
+  L.d = L.channels / groups;
+  const int64_t max_vec = 16 / x.element_size();
+  bool aligned = true;
+  for (const void* p : buffers) aligned = aligned && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  L.vec = (L.d % max_vec == 0 && aligned) ? static_cast<int>(max_vec) : 1;
+  L.per_row = static_cast<int>(L.d / L.vec);
+  L.tpr = std::max(1, std::min(L.per_row, kThreads));
+  L.rpi = kThreads / L.tpr;
+  return L;
+}
+
+// Enough blocks to fill the GPU a few times over, never more than there are row segments.
+dim3 make_grid(const Layout& L) {
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t target_blocks = static_cast<int64_t>(sms) * (2048 / kThreads) * 2;
+  int64_t by = std::max<int64_t>(1, target_blocks / L.groups);
+  by = std::min<int64_t>(by, (L.rows + L.rpi - 1) / L.rpi);
+  by = std::min<int64_t>(by, 65535);
+  return dim3(static_cast<unsigned>(L.groups), static_cast<unsigned>(std::max<int64_t>(by, 1)));
+}
+
+template <typename scalar_t, typename Launch>
+void with_vec(int vec, Launch&& launch) {
+  constexpr int kMax = 16 / sizeof(scalar_t);
+  if (vec == kMax) {
+    launch(std::integral_constant<int, kMax>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
+}
+
+}  // namespace
+
+at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                       const at::Tensor& weight_denominator, int64_t groups) {
+  constexpr const char* op = "mmkat::group_rational_forward";
+  check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
+  TORCH_CHECK(groups <= 65535, op, ": at most 65535 groups are supported on CUDA, got ", groups);
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto y = at::empty_like(xc);
+  const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), y.const_data_ptr()});
+  if (L.rows == 0 || L.channels == 0) return y;
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto wn = weight_numerator.to(math).contiguous();
+  auto wd = weight_denominator.to(math).contiguous();
+  const dim3 grid = make_grid(L);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_forward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    with_vec<scalar_t>(L.vec, [&](auto vec) {
+      forward_kernel<scalar_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
+          xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), wn.const_data_ptr<T>(),
+          wd.const_data_ptr<T>(), L);
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups) {
+  constexpr const char* op = "mmkat::group_rational_backward";
+  check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
+  TORCH_CHECK(groups <= 65535, op, ": at most 65535 groups are supported on CUDA, got ", groups);
+  TORCH_CHECK(grad_output.sizes() == x.sizes(), op, ": grad_output must have the shape of x ", x.sizes(), ", got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.device() == x.device(), op, ": grad_output must be on ", x.device(), ", got ",
+              grad_output.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto dyc = grad_output.to(x.scalar_type()).contiguous();
+  auto dx = at::empty_like(xc);
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto wn = weight_numerator.to(math).contiguous();
+  auto wd = weight_denominator.to(math).contiguous();
+  auto d_num = at::empty({1, kNumerator}, wn.options());
+  auto d_den = at::empty({groups, kDenominator}, wn.options());
+  const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), dyc.const_data_ptr(), dx.const_data_ptr()});
+  if (L.rows == 0 || L.channels == 0) {
+    d_num.zero_();
+    d_den.zero_();
+  } else {
+    const dim3 grid = make_grid(L);
+    auto partials = at::empty({static_cast<int64_t>(grid.y), groups, kCoeffGrads}, wn.options());
+    auto per_group = at::empty({groups, kCoeffGrads}, wn.options());
+    auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
+      using T = at::opmath_type<scalar_t>;
+      with_vec<scalar_t>(L.vec, [&](auto vec) {
+        backward_kernel<scalar_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
+            dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials.mutable_data_ptr<T>(), L);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      reduce_kernel<T><<<1, kThreads, 0, stream>>>(partials.const_data_ptr<T>(), grid.y, groups,
+                                                   wd.const_data_ptr<T>(), per_group.mutable_data_ptr<T>(),
+                                                   d_num.mutable_data_ptr<T>(), d_den.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {dx, d_num.to(weight_numerator.scalar_type()), d_den.to(weight_denominator.scalar_type())};
+}
+
+}  // namespace mmkat
+
+TORCH_LIBRARY_IMPL(mmkat, CUDA, m) {
+  m.impl("group_rational_forward", &mmkat::group_rational_forward_cuda);
+  m.impl("group_rational_backward", &mmkat::group_rational_backward_cuda);
+}

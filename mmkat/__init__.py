@@ -1,0 +1,12 @@
+"""mmkat: the Kolmogorov-Arnold Transformer (KAT) as an OpenMMLab backbone.
+
+``import mmkat`` (or ``custom_imports=dict(imports=['mmkat'])`` in an mmengine config) registers mmkat's
+modules on mmengine's root registries, which the mmdet, mmseg and mmpretrain registries fall back to.
+It never imports mmdet, mmseg or mmpretrain.
+"""
+from . import models, ops  # noqa: F401  (registers the modules)
+from .models import GroupRational
+from .ops import group_rational
+from .version import __version__
+
+__all__ = ['GroupRational', 'group_rational', '__version__']

@@ -1,0 +1,3 @@
+from .layers import GroupRational
+
+__all__ = ['GroupRational']

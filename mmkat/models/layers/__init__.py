@@ -1,0 +1,3 @@
+from .group_rational import GroupRational
+
+__all__ = ['GroupRational']

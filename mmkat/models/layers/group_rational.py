@@ -1,0 +1,64 @@
+"""GroupRational: the learnable group-rational activation of KAT as an nn.Module."""
+from typing import Optional, Union
+
+import torch
+from mmengine.registry import MODELS
+from torch import nn
+
+from mmkat.ops import IMPLEMENTATIONS, NUM_DENOMINATOR, NUM_NUMERATOR, get_preset, group_rational
+
+
+@MODELS.register_module()
+class GroupRational(nn.Module):
+    """F(x) = P(x) / Q(x) over the last dimension, channels split into ``groups`` contiguous groups.
+
+    Parameters keep the released KAT names and shapes, so released checkpoints load as they are:
+    ``weight_numerator`` [1, 6] shared by all groups and ``weight_denominator`` [groups, 4].
+
+    Args:
+        groups: number of channel groups (8 in KAT); C must be divisible by it.
+        init: a preset name ('identity', 'swish', 'gelu') or dict(numerator=[6], denominator=[4]); the
+            denominator is repeated for every group.
+        num_channels: if given, inputs must have exactly this many channels.
+        impl: 'auto', 'reference' or 'compiled' (see :func:`mmkat.ops.group_rational`).
+    """
+
+    def __init__(self,
+                 groups: int = 8,
+                 init: Union[str, dict] = 'identity',
+                 num_channels: Optional[int] = None,
+                 impl: str = 'auto'):
+        super().__init__()
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f'GroupRational: groups must be a positive int, got {groups!r}')
+        if num_channels is not None and (not isinstance(num_channels, int) or num_channels % groups != 0):
+            raise ValueError(f'GroupRational: num_channels ({num_channels!r}) must be an int divisible by '
+                             f'groups = {groups}')
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f'GroupRational: impl must be one of {IMPLEMENTATIONS}, got {impl!r}')
+        numerator, denominator = get_preset(init)  # validates init
+        self.groups = groups
+        self.init = init
+        self.num_channels = num_channels
+        self.impl = impl
+        self.weight_numerator = nn.Parameter(torch.empty(1, NUM_NUMERATOR))
+        self.weight_denominator = nn.Parameter(torch.empty(groups, NUM_DENOMINATOR))
+        self._init_values = (numerator, denominator)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        numerator, denominator = self._init_values
+        with torch.no_grad():
+            self.weight_numerator.copy_(torch.tensor([numerator]))
+            self.weight_denominator.copy_(torch.tensor([denominator]).expand(self.groups, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_channels is not None and (x.dim() < 1 or x.shape[-1] != self.num_channels):
+            raise ValueError(f'GroupRational: expected an input of shape (..., {self.num_channels}), got '
+                             f'{tuple(x.shape)}')
+        return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self.impl)
+
+    def extra_repr(self) -> str:
+        init = self.init if isinstance(self.init, str) else 'custom'
+        channels = '' if self.num_channels is None else f'num_channels={self.num_channels}, '
+        return f'{channels}groups={self.groups}, init={init}, impl={self.impl}'

@@ -1,0 +1,8 @@
+from .rational import (ENV_IMPL, IMPLEMENTATIONS, NUM_DENOMINATOR, NUM_NUMERATOR, extension_info,
+                             group_rational, group_rational_compiled, group_rational_reference)
+from .presets import get_preset, preset_names
+
+__all__ = [
+    'group_rational', 'group_rational_reference', 'group_rational_compiled', 'extension_info', 'get_preset',
+    'preset_names', 'IMPLEMENTATIONS', 'ENV_IMPL', 'NUM_NUMERATOR', 'NUM_DENOMINATOR'
+]

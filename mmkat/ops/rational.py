@@ -1,0 +1,274 @@
+"""The group-rational function of KAT: the reference (the specification), the compiled op, the dispatcher.
+
+    F(x) = P(x) / Q(x),  P(x) = a0 + a1 x + ... + a5 x^5,
+                         Q(x) = 1 + |b0| |x| + |b1| |x|^2 + |b2| |x|^3 + |b3| |x|^4
+
+applied over the last dimension of x, split into ``groups`` contiguous groups of channels; the numerator
+[1, 6] is shared by all groups, the denominator [groups, 4] is per group (the released KAT layout).
+Gradients use sign(0) = +1 for x and for b, so coefficients that start at 0 (the identity init) still
+receive a gradient.
+
+Three implementations compute the same function:
+  * ``'reference'``: pure PyTorch, explicit forward and backward formulas (works on any device; also what
+    torch.compile is benchmarked on);
+  * ``'compiled'``: the C++/CUDA kernels of ``mmkat._C`` exposed as ``torch.ops.mmkat.*`` (registered with
+    fake-tensor and autograd support, so torch.compile traces through them without a graph break);
+  * ``'auto'`` (default): ``'compiled'`` when mmkat._C has a kernel for the tensor's device, otherwise the
+    reference (with a one-time warning).
+The environment variable ``MMKAT_GROUP_RATIONAL_IMPL`` (auto / reference / compiled) overrides ``'auto'``.
+"""
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+__all__ = [
+    'group_rational', 'group_rational_reference', 'extension_info', 'IMPLEMENTATIONS', 'NUM_NUMERATOR',
+    'NUM_DENOMINATOR', 'ENV_IMPL'
+]
+
+NUM_NUMERATOR = 6
+NUM_DENOMINATOR = 4
+IMPLEMENTATIONS = ('auto', 'reference', 'compiled')
+ENV_IMPL = 'MMKAT_GROUP_RATIONAL_IMPL'
+REBUILD_HINT = ('rebuild it against the installed torch with `pip install --no-build-isolation -e .` in the '
+                'mmkat checkout (or `bash tools/setup_env.sh`)')
+
+# --------------------------------------------------------------------------------------- the extension
+_EXT = None
+_EXT_ERROR: Optional[str] = None
+_WARNED = set()
+
+
+def _load_extension():
+    global _EXT, _EXT_ERROR
+    try:
+        from mmkat import _C  # noqa: F401  (loading the library registers torch.ops.mmkat.*)
+    except Exception as e:  # ImportError, or OSError for an undefined symbol after a torch upgrade
+        _EXT_ERROR = f'{type(e).__name__}: {e}'
+        return
+    built = getattr(_C, 'built_with_torch', 'unknown')
+    running = torch.__version__.split('+')[0]
+    if built not in ('unknown', running):
+        # It loaded, but an ABI change between torch versions can still crash later: say so loudly.
+        warnings.warn(f'mmkat._C was built with torch {built} but torch {running} is running; {REBUILD_HINT}')
+    _EXT = _C
+
+
+_load_extension()
+
+
+def extension_info() -> dict:
+    """What is known about mmkat._C: whether it loaded, why not, and what it was built with."""
+    return dict(
+        loaded=_EXT is not None,
+        error=_EXT_ERROR,
+        with_cuda=bool(getattr(_EXT, 'with_cuda', False)),
+        cuda_archs=getattr(_EXT, 'cuda_archs', ''),
+        built_with_torch=getattr(_EXT, 'built_with_torch', None),
+        path=getattr(_EXT, '__file__', None),
+    )
+
+
+def _compiled_supports(device: torch.device) -> bool:
+    if _EXT is None:
+        return False
+    if device.type == 'cpu':
+        return True
+    return device.type == 'cuda' and bool(_EXT.with_cuda)
+
+
+def _compiled_unavailable_reason(device: torch.device) -> str:
+    if _EXT is None:
+        return f'mmkat._C failed to load ({_EXT_ERROR}); {REBUILD_HINT}'
+    if device.type == 'cuda':
+        return ('mmkat._C was built without CUDA kernels (no CUDA toolkit was found at build time); install '
+                f'a toolkit, set CUDA_HOME, and {REBUILD_HINT}')
+    return f'mmkat._C has kernels for cpu and cuda tensors only, got a tensor on {device}'
+
+
+# ------------------------------------------------------------------------------------------- the checks
+def _check_inputs(x, weight_numerator, weight_denominator, groups):
+    for name, t in (('x', x), ('weight_numerator', weight_numerator), ('weight_denominator', weight_denominator)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'group_rational: {name} must be a torch.Tensor, got {type(t).__name__}')
+        if not t.is_floating_point():
+            raise TypeError(f'group_rational: {name} must be a floating-point tensor (float32, float64, float16 '
+                            f'or bfloat16), got {t.dtype}')
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f'group_rational: groups must be a positive int, got {groups!r}')
+    if x.dim() < 1:
+        raise ValueError('group_rational: x must have at least one dimension (..., C), got a 0-d tensor')
+    if x.shape[-1] % groups != 0:
+        raise ValueError(f'group_rational: the last dimension of x (C = {x.shape[-1]}) must be divisible by '
+                         f'groups = {groups}')
+    if tuple(weight_numerator.shape) != (1, NUM_NUMERATOR):
+        raise ValueError(f'group_rational: weight_numerator must have shape [1, {NUM_NUMERATOR}], got '
+                         f'{list(weight_numerator.shape)}')
+    if tuple(weight_denominator.shape) != (groups, NUM_DENOMINATOR):
+        raise ValueError(f'group_rational: weight_denominator must have shape [groups={groups}, '
+                         f'{NUM_DENOMINATOR}], got {list(weight_denominator.shape)}')
+    if weight_numerator.device != x.device or weight_denominator.device != x.device:
+        raise ValueError(f'group_rational: x, weight_numerator and weight_denominator must be on one device, '
+                         f'got {x.device}, {weight_numerator.device} and {weight_denominator.device}')
+
+
+# ------------------------------------------------------------------------------ the reference (the spec)
+def _math_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 math for fp32/fp16/bf16 inputs (fp16 overflows in x^5 beyond |x| ~ 9), fp64 for fp64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _grouped(x, weight_numerator, weight_denominator, groups):
+    """x as (..., G, D) in the math dtype, a as 6 scalars-tensors, |b| as 4 tensors of shape [G, 1]."""
+    dt = _math_dtype(x)
+    xg = x.to(dt).reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    a = weight_numerator.to(dt).reshape(NUM_NUMERATOR)
+    babs = weight_denominator.to(dt).abs()
+    return xg, [a[i] for i in range(NUM_NUMERATOR)], [babs[:, j:j + 1] for j in range(NUM_DENOMINATOR)]
+
+
+def _horner(coeffs, t):
+    """coeffs[0] + coeffs[1] t + ... evaluated with Horner's rule."""
+    out = coeffs[-1] * torch.ones_like(t)
+    for c in reversed(coeffs[:-1]):
+        out = out * t + c
+    return out
+
+
+def _reference_forward(x, weight_numerator, weight_denominator, groups):
+    xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
+    p = _horner(a, xg)
+    q = _horner([torch.ones_like(babs[0])] + babs, xg.abs())
+    return (p / q).reshape(x.shape).to(x.dtype)
+
+
+def _reference_backward(grad_output, x, weight_numerator, weight_denominator, groups):
+    xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
+    dy = grad_output.to(xg.dtype).reshape(xg.shape)
+    sx = torch.where(xg < 0, -1.0, 1.0).to(xg.dtype)  # sign(0) = +1
+    ax = xg * sx
+    p = _horner(a, xg)
+    dp = _horner([i * a[i] for i in range(1, NUM_NUMERATOR)], xg)  # P'(x)
+    q = _horner([torch.ones_like(babs[0])] + babs, ax)
+    dq = _horner([(j + 1) * babs[j] for j in range(NUM_DENOMINATOR)], ax)  # dQ/d|x|
+    iq = 1.0 / q
+    f = p * iq
+    dx = dy * (dp - f * sx * dq) * iq  # R/Q - sign(x) Q'(|x|) P/Q^2
+    lead = tuple(range(xg.dim() - 2))  # all dims but (G, D)
+    t = dy * iq
+    d_num = []
+    for _ in range(NUM_NUMERATOR):
+        d_num.append(t.sum())
+        t = t * xg
+    c = -dy * f * iq
+    sign_b = torch.where(weight_denominator.to(xg.dtype) < 0, -1.0, 1.0).to(xg.dtype)  # sign(0) = +1
+    d_den = []
+    u = c * ax
+    for j in range(NUM_DENOMINATOR):
+        d_den.append(u.sum(dim=lead + (xg.dim() - 1, )))
+        u = u * ax
+    d_num = torch.stack(d_num).reshape(1, NUM_NUMERATOR)
+    d_den = torch.stack(d_den, dim=1) * sign_b
+    return (dx.reshape(x.shape).to(x.dtype), d_num.to(weight_numerator.dtype), d_den.to(weight_denominator.dtype))
+
+
+class _ReferenceFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight_numerator, weight_denominator, groups):
+        ctx.save_for_backward(x, weight_numerator, weight_denominator)
+        ctx.groups = groups
+        return _reference_forward(x, weight_numerator, weight_denominator, groups)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, wn, wd = ctx.saved_tensors
+        dx, dwn, dwd = _reference_backward(grad_output, x, wn, wd, ctx.groups)
+        return dx, dwn, dwd, None
+
+
+def group_rational_reference(x, weight_numerator, weight_denominator, groups):
+    """The specification, in pure PyTorch (explicit gradient formulas, sign(0) = +1)."""
+    _check_inputs(x, weight_numerator, weight_denominator, groups)
+    return _ReferenceFunction.apply(x, weight_numerator, weight_denominator, groups)
+
+
+# ------------------------------------------------------------------ the compiled op: fake + autograd
+if _EXT is not None:
+
+    @torch.library.register_fake('mmkat::group_rational_forward')
+    def _forward_fake(x, weight_numerator, weight_denominator, groups):
+        torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake('mmkat::group_rational_backward')
+    def _backward_fake(grad_output, x, weight_numerator, weight_denominator, groups):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight_numerator),
+                torch.empty_like(weight_denominator))
+
+    def _setup_context(ctx, inputs, output):
+        x, weight_numerator, weight_denominator, groups = inputs
+        ctx.save_for_backward(x, weight_numerator, weight_denominator)
+        ctx.groups = groups
+
+    def _backward(ctx, grad_output):
+        x, wn, wd = ctx.saved_tensors
+        dx, dwn, dwd = torch.ops.mmkat.group_rational_backward(grad_output, x, wn, wd, ctx.groups)
+        return dx, dwn, dwd, None
+
+    torch.library.register_autograd('mmkat::group_rational_forward', _backward, setup_context=_setup_context)
+
+
+def group_rational_compiled(x, weight_numerator, weight_denominator, groups):
+    """The C++/CUDA kernels of mmkat._C; raises RuntimeError saying why when they are unavailable."""
+    _check_inputs(x, weight_numerator, weight_denominator, groups)
+    if not _compiled_supports(x.device):
+        raise RuntimeError(f"group_rational(impl='compiled'): {_compiled_unavailable_reason(x.device)}")
+    return torch.ops.mmkat.group_rational_forward(x, weight_numerator, weight_denominator, groups)
+
+
+# ---------------------------------------------------------------------------------------- the dispatcher
+def _resolve_impl(impl: str) -> str:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f'group_rational: impl must be one of {IMPLEMENTATIONS}, got {impl!r}')
+    if impl == 'auto':
+        forced = os.environ.get(ENV_IMPL, 'auto').strip().lower() or 'auto'
+        if forced not in IMPLEMENTATIONS:
+            raise ValueError(f'{ENV_IMPL} must be one of {IMPLEMENTATIONS}, got {forced!r}')
+        return forced
+    return impl
+
+
+def group_rational(x: torch.Tensor,
+                   weight_numerator: torch.Tensor,
+                   weight_denominator: torch.Tensor,
+                   groups: int,
+                   impl: str = 'auto') -> torch.Tensor:
+    """Apply the group-rational function over the last dimension of ``x`` (shape (..., C)).
+
+    Args:
+        x: input of any float dtype (float32/64, float16, bfloat16); math runs in fp32 (fp64 for fp64).
+        weight_numerator: [1, 6], a0..a5 in ascending powers, shared by all groups.
+        weight_denominator: [groups, 4], b0..b3 per group; b0 multiplies |x|.
+        groups: number of contiguous channel groups; C must be divisible by it.
+        impl: 'auto', 'reference' or 'compiled' (see the module docstring).
+
+    Returns:
+        A tensor with the shape and dtype of ``x``.
+    """
+    impl = _resolve_impl(impl)
+    if impl == 'reference':
+        return group_rational_reference(x, weight_numerator, weight_denominator, groups)
+    if impl == 'compiled':
+        return group_rational_compiled(x, weight_numerator, weight_denominator, groups)
+    if isinstance(x, torch.Tensor) and _compiled_supports(x.device):
+        return group_rational_compiled(x, weight_numerator, weight_denominator, groups)
+    if isinstance(x, torch.Tensor):
+        key = (x.device.type, _EXT_ERROR)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn('group_rational: falling back to the (slower) pure-PyTorch reference: '
+                          f'{_compiled_unavailable_reason(x.device)}')
+    return group_rational_reference(x, weight_numerator, weight_denominator, groups)

@@ -1,0 +1,149 @@
+"""Build and install mmkat.
+
+    pip install --no-build-isolation -e .        (what tools/setup_env.sh runs)
+
+``--no-build-isolation`` matters: mmkat._C must be compiled against the torch that will import it (a
+build in an isolated environment pulls another torch and fails later with undefined symbols).
+
+mmkat._C holds the C++ CPU kernels always and the CUDA kernels when a CUDA toolkit is found; no visible
+GPU is needed. Knobs:
+    MMKAT_WITH_CUDA=0/1     force the CUDA kernels off/on (on fails loudly when no toolkit is usable)
+    CUDA_HOME               the CUDA toolkit root (found automatically otherwise, see _find_cuda_home)
+    TORCH_CUDA_ARCH_LIST    architectures, e.g. "9.0" or "8.0;9.0+PTX"; without it, the visible GPUs', or
+                            DEFAULT_ARCHS when no GPU is visible
+    MAX_JOBS                parallel compile jobs (ninja)
+"""
+import glob
+import os
+import re
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Compiled when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset: Ampere, Ada, Hopper machine code and
+# Hopper PTX (which the driver compiles for newer GPUs).
+DEFAULT_ARCHS = '8.0;8.6;8.9;9.0+PTX'
+
+
+def _is_toolkit(path):
+    return bool(path) and os.path.isfile(os.path.join(path, 'bin', 'nvcc')) and os.path.isfile(
+        os.path.join(path, 'include', 'cuda_runtime.h'))
+
+
+def _find_cuda_home():
+    """Return a CUDA toolkit root (bin/nvcc and include/cuda_runtime.h), or None.
+
+    torch guesses CUDA_HOME from the nvcc on PATH; where that nvcc is a wrapper script (as on machines
+    with /usr/local/bin/nvcc -> exec /usr/local/cuda-X/bin/nvcc) the guess is wrong and linking fails,
+    so look through wrappers and the usual install locations.
+    """
+    for var in ('CUDA_HOME', 'CUDA_PATH'):
+        if os.environ.get(var):
+            if _is_toolkit(os.environ[var]):
+                return os.environ[var]
+            print(f'mmkat setup: {var}={os.environ[var]} is not a CUDA toolkit root (no bin/nvcc and '
+                  'include/cuda_runtime.h); looking elsewhere', file=sys.stderr)
+    candidates = []
+    nvcc = shutil.which('nvcc')
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        candidates.append(os.path.dirname(os.path.dirname(real)))
+        try:
+            with open(real, 'rb') as f:
+                head = f.read(4096)
+            if head.startswith(b'#!'):  # a wrapper script: follow the nvcc it runs
+                for m in re.finditer(rb'(/[^\s"\']+)/bin/nvcc', head):
+                    candidates.append(m.group(1).decode())
+        except OSError:
+            pass
+    candidates.append('/usr/local/cuda')
+    candidates += sorted(glob.glob('/usr/local/cuda-*'), reverse=True)
+    for path in candidates:
+        if _is_toolkit(path):
+            return path
+    return None
+
+
+def _want_cuda(cuda_home, torch):
+    flag = os.environ.get('MMKAT_WITH_CUDA', '').strip()
+    if flag not in ('', '0', '1'):
+        raise SystemExit(f'mmkat setup: MMKAT_WITH_CUDA must be 0 or 1, got {flag!r}')
+    if flag == '0':
+        return False
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f'torch {torch.__version__} is a CPU-only build')
+    if cuda_home is None:
+        problems.append('no CUDA toolkit found (set CUDA_HOME to its root)')
+    if problems:
+        if flag == '1':
+            raise SystemExit('mmkat setup: MMKAT_WITH_CUDA=1 but ' + '; '.join(problems))
+        print('mmkat setup: building the CPU kernels only: ' + '; '.join(problems), file=sys.stderr)
+        return False
+    return True
+
+
+def get_extensions():
+    cuda_home = _find_cuda_home()
+    if cuda_home is not None:
+        # Must happen before torch.utils.cpp_extension is imported: it reads CUDA_HOME at import time.
+        os.environ['CUDA_HOME'] = cuda_home
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    with_cuda = _want_cuda(cuda_home, torch)
+    torch_version = torch.__version__.split('+')[0]
+    sources = ['csrc/group_rational.cpp', 'csrc/group_rational_cpu.cpp']
+    cxx = ['-O3', '-fopenmp', f'-DMMKAT_TORCH_VERSION="{torch_version}"']
+    if not with_cuda:
+        return [CppExtension('mmkat._C', sources, extra_compile_args={'cxx': cxx}, extra_link_args=['-fopenmp'])]
+
+    if not os.environ.get('TORCH_CUDA_ARCH_LIST') and not torch.cuda.is_available():
+        # torch probes the visible GPUs for their architecture and fails when there are none.
+        os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_ARCHS
+    archs = os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPUs')
+    print(f'mmkat setup: building CPU + CUDA kernels with CUDA_HOME={cuda_home}, archs: {archs}', file=sys.stderr)
+    cxx += ['-DMMKAT_WITH_CUDA', f'-DMMKAT_CUDA_ARCHS="{archs}"']
+    nvcc = ['-O3', '--expt-relaxed-constexpr', '-lineinfo']
+    if os.environ.get('MMKAT_CUDA_UNROLL'):
+        nvcc.append(f"-DMMKAT_CUDA_UNROLL={int(os.environ['MMKAT_CUDA_UNROLL'])}")
+    return [
+        CUDAExtension(
+            'mmkat._C',
+            sources + ['csrc/group_rational_cuda.cu'],
+            extra_compile_args={'cxx': cxx, 'nvcc': nvcc},
+            extra_link_args=['-fopenmp'])
+    ]
+
+
+def read_version():
+    scope = {}
+    with open(os.path.join(ROOT, 'mmkat', 'version.py')) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        name='mmkat',
+        version=read_version(),
+        description='Kolmogorov-Arnold Transformer (KAT) backbones for OpenMMLab, with a fast group-rational op',
+        long_description=open(os.path.join(ROOT, 'README.md')).read(),
+        long_description_content_type='text/markdown',
+        license='Apache-2.0',
+        python_requires='>=3.10',
+        packages=find_packages(include=['mmkat', 'mmkat.*']),
+        package_data={'mmkat': ['ops/*.json']},
+        ext_modules=get_extensions(),
+        cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)},
+        install_requires=['torch>=2.4', 'mmengine>=0.10.0'],
+        zip_safe=False,
+    )
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,97 @@
+"""CUDA kernels of the group-rational op (skipped where no GPU is visible or _C has no CUDA kernels)."""
+import pytest
+import torch
+
+from mmkat.ops import extension_info, group_rational
+from .test_group_rational import TOL, assert_close_to_reference, make_inputs
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU visible'),
+    pytest.mark.skipif(not extension_info()['with_cuda'], reason='mmkat._C was built without CUDA kernels'),
+]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize('shape,groups', [((7, 24), 8), ((3, 5, 40), 8), ((2, 3, 5, 64), 8), ((11, 9), 3),
+                                          ((4, 197, 48), 8), ((8, 197, 1536), 8), ((5, 2, 8 * 13), 8),
+                                          ((130, 8 * 300), 8), ((3, 12288), 8)])
+def test_cuda_kernel_matches_reference(dtype, shape, groups):
+    x, wn, wd = make_inputs(shape, groups, dtype, device='cuda')
+    assert_close_to_reference(x, wn, wd, groups)
+
+
+def test_cuda_kernel_matches_cpu_reference_in_fp64():
+    """The GPU result against the reference computed on the CPU in float64."""
+    x, wn, wd = make_inputs((16, 197, 384), 8, torch.float32, device='cuda')
+    dy = torch.randn_like(x)
+    xs = [t.detach().clone().requires_grad_() for t in (x, wn, wd)]
+    y = group_rational(*xs, 8, impl='compiled')
+    gx, gn, gd = torch.autograd.grad(y, xs, dy)
+    xc = [t.detach().cpu().double().requires_grad_() for t in (x, wn, wd)]
+    yc = group_rational(*xc, 8, impl='reference')
+    rx, rn, rd = torch.autograd.grad(yc, xc, dy.cpu().double())
+    for a, b in ((y, yc), (gx, rx), (gn, rn), (gd, rd)):
+        err = ((a.double().cpu() - b).norm() / b.norm()).item()
+        assert err < 1e-5, err
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_cuda_non_contiguous_and_unaligned(dtype):
+    base, wn, wd = make_inputs((6, 48, 5), 8, dtype, device='cuda')
+    assert_close_to_reference(base.transpose(1, 2), wn, wd, 8)
+    flat = make_inputs((1, 4 * 64 + 1), 8, dtype, device='cuda')[0]
+    unaligned = flat[:, 1:].reshape(4, 64)  # storage offset of one element: the scalar path
+    assert unaligned.data_ptr() % 16 != 0
+    assert_close_to_reference(unaligned, wn, wd, 8)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_cuda_backward_is_bitwise_deterministic(dtype):
+    x, wn, wd = make_inputs((64, 197, 1536), 8, dtype, device='cuda')
+    dy = torch.randn_like(x)
+    first = torch.ops.mmkat.group_rational_backward(dy, x, wn, wd, 8)
+    for _ in range(3):
+        again = torch.ops.mmkat.group_rational_backward(dy, x, wn, wd, 8)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+def test_cuda_half_inputs_with_large_magnitudes_stay_finite():
+    x, wn, wd = make_inputs((16, 256), 8, torch.float32, device='cuda')
+    x = torch.linspace(-1e4, 1e4, 4096, device='cuda').reshape(16, 256)
+    for dtype in (torch.float16, torch.bfloat16):
+        y = group_rational(x.to(dtype), wn, wd, 8, impl='compiled')
+        assert torch.isfinite(y).all()
+        ref = group_rational(x.to(dtype).float(), wn, wd, 8, impl='reference')
+        torch.testing.assert_close(y.float(), ref, rtol=TOL[dtype][0], atol=TOL[dtype][1])
+
+
+def test_cuda_runs_on_the_tensors_device_and_current_stream():
+    device = torch.device('cuda', torch.cuda.device_count() - 1)  # not cuda:0 where there are several
+    x, wn, wd = make_inputs((32, 197, 192), 8, torch.float32, device=device)
+    expected = group_rational(x, wn, wd, 8, impl='reference')
+    stream = torch.cuda.Stream(device=device)
+    with torch.cuda.device(0), torch.cuda.stream(stream):
+        y = group_rational(x, wn, wd, 8, impl='compiled')
+    stream.synchronize()
+    assert y.device == device
+    torch.testing.assert_close(y, expected, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
+
+
+def test_cuda_opcheck():
+    for dtype in (torch.float32, torch.bfloat16):
+        x, wn, wd = make_inputs((3, 5, 16), 8, dtype, device='cuda')
+        for t in (x, wn, wd):
+            t.requires_grad_()
+        torch.library.opcheck(torch.ops.mmkat.group_rational_forward.default, (x, wn, wd, 8))
+
+
+def test_cuda_torch_compile_fullgraph():
+    from .test_group_rational import _TinyKAN
+    torch._dynamo.reset()
+    model = _TinyKAN().cuda()
+    x = torch.randn(4, 7, 32, device='cuda')
+    expected = model(x)
+    out = torch.compile(model, fullgraph=True)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
