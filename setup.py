@@ -85,11 +85,14 @@ def _want_cuda(cuda_home, torch):
     return True
 
 
+# Must happen before torch.utils.cpp_extension is imported anywhere: it reads CUDA_HOME at import time.
+CUDA_HOME = _find_cuda_home()
+if CUDA_HOME is not None:
+    os.environ['CUDA_HOME'] = CUDA_HOME
+
+
 def get_extensions():
-    cuda_home = _find_cuda_home()
-    if cuda_home is not None:
-        # Must happen before torch.utils.cpp_extension is imported: it reads CUDA_HOME at import time.
-        os.environ['CUDA_HOME'] = cuda_home
+    cuda_home = CUDA_HOME
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -107,8 +110,16 @@ def get_extensions():
     print(f'mmkat setup: building CPU + CUDA kernels with CUDA_HOME={cuda_home}, archs: {archs}', file=sys.stderr)
     cxx += ['-DMMKAT_WITH_CUDA', f'-DMMKAT_CUDA_ARCHS="{archs}"']
     nvcc = ['-O3', '--expt-relaxed-constexpr', '-lineinfo']
+    # Tuning knobs for kernel experiments (tools/benchmark_op.py compares builds); defaults are the tuned ones.
     if os.environ.get('MMKAT_CUDA_UNROLL'):
         nvcc.append(f"-DMMKAT_CUDA_UNROLL={int(os.environ['MMKAT_CUDA_UNROLL'])}")
+    for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS'):
+        if os.environ.get(knob):
+            nvcc.append(f'-D{knob}={int(os.environ[knob])}')
+    if os.environ.get('MMKAT_FAST_DIV') == '1':
+        nvcc.append('-DMMKAT_FAST_DIV')
+    if os.environ.get('MMKAT_PTXAS_VERBOSE') == '1':
+        nvcc.append('-Xptxas=-v')
     return [
         CUDAExtension(
             'mmkat._C',

@@ -18,6 +18,7 @@ namespace mmkat {
 namespace {
 
 constexpr int64_t kChunkElements = 1 << 15;
+constexpr int kLanes = 8;  // accumulator lanes of the backward loop (a multiple of any SIMD width used)
 
 int64_t rows_per_chunk(int64_t channels) {
   return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(channels, 1));
@@ -83,29 +84,29 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
         const T* babs = coeffs.babs.data() + g * kDenominator;
         const T a[kNumerator] = {coeffs.a[0], coeffs.a[1], coeffs.a[2], coeffs.a[3], coeffs.a[4], coeffs.a[5]};
         const T b[kDenominator] = {babs[0], babs[1], babs[2], babs[3]};
-        T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0, s9 = 0;
+        // One accumulator row per vector lane: the lane loop vectorises without a reduction clause.
+        T acc[kCoeffGrads][kLanes] = {};
         for (int64_t r = c * chunk; r < r_end; ++r) {
           const int64_t off = r * channels + g * d;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8, s9)
-          for (int64_t k = 0; k < d; ++k) {
-            T acc[kCoeffGrads] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-            dx[off + k] = static_cast<scalar_t>(
-                rational_backward<T>(static_cast<T>(x[off + k]), static_cast<T>(dy[off + k]), a, b, acc));
-            s0 += acc[0];
-            s1 += acc[1];
-            s2 += acc[2];
-            s3 += acc[3];
-            s4 += acc[4];
-            s5 += acc[5];
-            s6 += acc[6];
-            s7 += acc[7];
-            s8 += acc[8];
-            s9 += acc[9];
+          int64_t k = 0;
+          for (; k + kLanes <= d; k += kLanes) {
+#pragma omp simd
+            for (int l = 0; l < kLanes; ++l) {
+              dx[off + k + l] = static_cast<scalar_t>(rational_backward<T, kLanes>(
+                  static_cast<T>(x[off + k + l]), static_cast<T>(dy[off + k + l]), a, b, &acc[0][l]));
+            }
+          }
+          for (; k < d; ++k) {
+            dx[off + k] = static_cast<scalar_t>(rational_backward<T, kLanes>(
+                static_cast<T>(x[off + k]), static_cast<T>(dy[off + k]), a, b, &acc[0][0]));
           }
         }
         T* o = out + g * kCoeffGrads;
-        o[0] = s0; o[1] = s1; o[2] = s2; o[3] = s3; o[4] = s4;
-        o[5] = s5; o[6] = s6; o[7] = s7; o[8] = s8; o[9] = s9;
+        for (int i = 0; i < kCoeffGrads; ++i) {
+          T sum = 0;
+          for (int l = 0; l < kLanes; ++l) sum += acc[i][l];
+          o[i] = sum;
+        }
       }
     }
   });

@@ -10,8 +10,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -23,17 +25,61 @@
 namespace mmkat {
 namespace {
 
+// Tuning knobs, set by setup.py from MMKAT_* environment variables for kernel experiments; the defaults are
+// the fastest measured on an H200 (see benchmarks/).
 #ifndef MMKAT_CUDA_UNROLL
-#define MMKAT_CUDA_UNROLL 2
+#define MMKAT_CUDA_UNROLL 1
+#endif
+#ifndef MMKAT_VEC_BYTES
+#define MMKAT_VEC_BYTES 16
+#endif
+#ifndef MMKAT_MIN_BLOCKS
+#define MMKAT_MIN_BLOCKS 1
 #endif
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = MMKAT_CUDA_UNROLL;  // row segments in flight per thread and iteration
+constexpr int kUnroll = MMKAT_CUDA_UNROLL;     // row segments in flight per thread and iteration
+constexpr int kVecBytes = MMKAT_VEC_BYTES;     // bytes per vector access (16 or 8)
+constexpr int kMinBlocks = MMKAT_MIN_BLOCKS;   // __launch_bounds__ minimum resident blocks per SM
 
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Vec {
   scalar_t v[VEC];
 };
+
+// One 16-byte (or scalar) memory transaction per vector. c10::Half / c10::BFloat16 are classes, and a
+// plain struct copy of 8 of them may be split into 8 two-byte accesses: go through uint4 instead.
+template <typename V>
+__device__ __forceinline__ V load_vec(const void* p) {
+  if constexpr (sizeof(V) == 16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    V v;
+    memcpy(&v, &raw, 16);
+    return v;
+  } else if constexpr (sizeof(V) == 8) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    V v;
+    memcpy(&v, &raw, 8);
+    return v;
+  } else {
+    return *reinterpret_cast<const V*>(p);
+  }
+}
+
+template <typename V>
+__device__ __forceinline__ void store_vec(void* p, const V& v) {
+  if constexpr (sizeof(V) == 16) {
+    uint4 raw;
+    memcpy(&raw, &v, 16);
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else if constexpr (sizeof(V) == 8) {
+    uint2 raw;
+    memcpy(&raw, &v, 8);
+    *reinterpret_cast<uint2*>(p) = raw;
+  } else {
+    *reinterpret_cast<V*>(p) = v;
+  }
+}
 
 struct Layout {
   int64_t rows, channels, groups, d;
@@ -54,7 +100,7 @@ __device__ __forceinline__ void load_coefficients(const T* __restrict__ wn, cons
 }
 
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+__global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
                                                            const at::opmath_type<scalar_t>* __restrict__ wn,
                                                            const at::opmath_type<scalar_t>* __restrict__ wd,
                                                            Layout L) {
@@ -73,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t ru = r + u * row_step;
-        if (ru < L.rows) in[u] = *reinterpret_cast<const V*>(x + ru * L.channels + g * L.d + cv * VEC);
+        if (ru < L.rows) in[u] = load_vec<V>(x + ru * L.channels + g * L.d + cv * VEC);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -84,7 +130,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
           for (int k = 0; k < VEC; ++k) {
             out.v[k] = static_cast<scalar_t>(rational_forward<T>(static_cast<T>(in[u].v[k]), a, babs));
           }
-          *reinterpret_cast<V*>(y + ru * L.channels + g * L.d + cv * VEC) = out;
+          store_vec(y + ru * L.channels + g * L.d + cv * VEC, out);
         }
       }
     }
@@ -117,7 +163,7 @@ __device__ __forceinline__ void block_reduce(T* vals) {
 }
 
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads) backward_kernel(const scalar_t* __restrict__ dy,
+__global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const scalar_t* __restrict__ dy,
                                                             const scalar_t* __restrict__ x,
                                                             scalar_t* __restrict__ dx,
                                                             const at::opmath_type<scalar_t>* __restrict__ wn,
@@ -144,8 +190,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const scalar_t* __re
           const int64_t ru = r + u * row_step;
           if (ru < L.rows) {
             const int64_t off = ru * L.channels + g * L.d + cv * VEC;
-            xin[u] = *reinterpret_cast<const V*>(x + off);
-            gin[u] = *reinterpret_cast<const V*>(dy + off);
+            xin[u] = load_vec<V>(x + off);
+            gin[u] = load_vec<V>(dy + off);
           }
         }
 #pragma unroll
@@ -158,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const scalar_t* __re
               out.v[k] = static_cast<scalar_t>(rational_backward<T>(static_cast<T>(xin[u].v[k]),
                                                                     static_cast<T>(gin[u].v[k]), a, babs, acc));
             }
-            *reinterpret_cast<V*>(dx + ru * L.channels + g * L.d + cv * VEC) = out;
+            store_vec(dx + ru * L.channels + g * L.d + cv * VEC, out);
           }
         }
       }
@@ -201,16 +247,16 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
   }
 }
 
-// 16-byte vectors when a group's segment is a whole number of them and every buffer is 16-byte aligned.
+// kVecBytes-wide vectors when a group's segment is a whole number of them and every buffer is aligned.
 Layout make_layout(const at::Tensor& x, int64_t groups, std::initializer_list<const void*> buffers) {
   Layout L;
   L.channels = x.size(-1);
   L.rows = L.channels == 0 ? 0 : x.numel() / L.channels;
   L.groups = groups;
   L.d = L.channels / groups;
-  const int64_t max_vec = 16 / x.element_size();
+  const int64_t max_vec = std::max<int64_t>(1, kVecBytes / x.element_size());
   bool aligned = true;
-  for (const void* p : buffers) aligned = aligned && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  for (const void* p : buffers) aligned = aligned && reinterpret_cast<uintptr_t>(p) % kVecBytes == 0;
   L.vec = (L.d % max_vec == 0 && aligned) ? static_cast<int>(max_vec) : 1;
   L.per_row = static_cast<int>(L.d / L.vec);
   L.tpr = std::max(1, std::min(L.per_row, kThreads));
@@ -220,7 +266,9 @@ Layout make_layout(const at::Tensor& x, int64_t groups, std::initializer_list<co
 
 // Enough blocks to fill the GPU a few times over, never more than there are row segments.
 dim3 make_grid(const Layout& L) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t target_blocks = static_cast<int64_t>(sms) * (2048 / kThreads) * 2;
   int64_t by = std::max<int64_t>(1, target_blocks / L.groups);
   by = std::min<int64_t>(by, (L.rows + L.rpi - 1) / L.rpi);
@@ -230,7 +278,7 @@ dim3 make_grid(const Layout& L) {
 
 template <typename scalar_t, typename Launch>
 void with_vec(int vec, Launch&& launch) {
-  constexpr int kMax = 16 / sizeof(scalar_t);
+  constexpr int kMax = kVecBytes / sizeof(scalar_t) > 0 ? kVecBytes / sizeof(scalar_t) : 1;
   if (vec == kMax) {
     launch(std::integral_constant<int, kMax>{});
   } else {
@@ -254,7 +302,7 @@ at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& we
   auto wn = weight_numerator.to(math).contiguous();
   auto wd = weight_denominator.to(math).contiguous();
   const dim3 grid = make_grid(L);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     with_vec<scalar_t>(L.vec, [&](auto vec) {
@@ -294,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
     const dim3 grid = make_grid(L);
     auto partials = at::empty({static_cast<int64_t>(grid.y), groups, kCoeffGrads}, wn.options());
     auto per_group = at::empty({groups, kCoeffGrads}, wn.options());
-    auto stream = at::cuda::getCurrentCUDAStream();
+    auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
       using T = at::opmath_type<scalar_t>;
       with_vec<scalar_t>(L.vec, [&](auto vec) {

@@ -19,6 +19,17 @@
 
 namespace mmkat {
 
+// p / q. MMKAT_FAST_DIV=1 (a build option, off by default) uses the GPU's approximate fp32 division
+// (about 2 ulp, q >= 1 here so never in its bad range); the default is the correctly rounded division, as
+// the reference computes it.
+template <typename T>
+MMKAT_HD T divide(T p, T q) {
+#if defined(__CUDA_ARCH__) && defined(MMKAT_FAST_DIV)
+  if constexpr (sizeof(T) == 4) return __fdividef(p, q);
+#endif
+  return p / q;
+}
+
 constexpr int kNumerator = 6;    // a0..a5
 constexpr int kDenominator = 4;  // b0..b3
 constexpr int kCoeffGrads = kNumerator + kDenominator;
@@ -37,13 +48,14 @@ MMKAT_HD T rational_forward(T x, const T* a, const T* babs) {
   q = q * ax + babs[1];
   q = q * ax + babs[0];
   q = q * ax + T(1);
-  return p / q;
+  return divide(p, q);
 }
 
-// Returns dL/dx for one element and adds its share to the 10 coefficient-gradient sums:
-//   g[0..5] += dy x^i / Q                      (numerator)
-//   g[6..9] += -dy P / Q^2 |x|^(j+1)           (denominator, sign(b_j) applied by the caller)
-template <typename T>
+// Returns dL/dx for one element and adds its share to the 10 coefficient-gradient sums, g[k * kStride]:
+//   k = 0..5: dy x^k / Q                       (numerator)
+//   k = 6..9: -dy P / Q^2 |x|^(k-5)            (denominator, sign(b_j) applied by the caller)
+// (kStride > 1 lets a CPU loop keep one accumulator row per vector lane.)
+template <typename T, int kStride = 1>
 MMKAT_HD T rational_backward(T x, T dy, const T* a, const T* babs, T* g) {
   const T sx = x < T(0) ? T(-1) : T(1);  // sign(0) = +1
   const T ax = x * sx;
@@ -67,31 +79,31 @@ MMKAT_HD T rational_backward(T x, T dy, const T* a, const T* babs, T* g) {
   dq = dq * ax + T(3) * babs[2];
   dq = dq * ax + T(2) * babs[1];
   dq = dq * ax + babs[0];
-  const T iq = T(1) / q;
+  const T iq = divide(T(1), q);
   const T f = p * iq;
   // dF/dx = P'/Q - sign(x) Q'(|x|) P / Q^2 = (P' - F sign(x) Q'(|x|)) / Q
   const T dx = dy * (dp - f * sx * dq) * iq;
   T t = dy * iq;
-  g[0] += t;
+  g[0 * kStride] += t;
   t *= x;
-  g[1] += t;
+  g[1 * kStride] += t;
   t *= x;
-  g[2] += t;
+  g[2 * kStride] += t;
   t *= x;
-  g[3] += t;
+  g[3 * kStride] += t;
   t *= x;
-  g[4] += t;
+  g[4 * kStride] += t;
   t *= x;
-  g[5] += t;
+  g[5 * kStride] += t;
   const T c = -dy * f * iq;
   T u = c * ax;
-  g[6] += u;
+  g[6 * kStride] += u;
   u *= ax;
-  g[7] += u;
+  g[7 * kStride] += u;
   u *= ax;
-  g[8] += u;
+  g[8 * kStride] += u;
   u *= ax;
-  g[9] += u;
+  g[9 * kStride] += u;
   return dx;
 }
 

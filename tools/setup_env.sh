@@ -79,12 +79,11 @@ else
 fi
 
 # ------------------------------------------------------------------------------- mmcv (built once)
-TORCH_VERSION=$("$VPY" -c 'import torch; print(torch.__version__.split("+")[0])')
-TORCH_CUDA=$("$VPY" -c 'import torch; print((torch.version.cuda or "cpu").replace(".", ""))')
-PYTAG=$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-if [ -z "${MMKAT_MMCV_CUDA:-}" ]; then
-  MMKAT_MMCV_CUDA=$("$VPY" -c 'import torch; print(int(torch.cuda.is_available()))')
-fi
+read -r TORCH_VERSION TORCH_CUDA PYTAG GPU_VISIBLE < <("$VPY" -c '
+import sys, torch
+print(torch.__version__.split("+")[0], (torch.version.cuda or "cpu").replace(".", ""),
+      f"cp{sys.version_info[0]}{sys.version_info[1]}", int(torch.cuda.is_available()))')
+MMKAT_MMCV_CUDA=${MMKAT_MMCV_CUDA:-$GPU_VISIBLE}
 OPS_KIND=cpuops; [ "$MMKAT_MMCV_CUDA" = 1 ] && OPS_KIND=cudaops
 WHEEL_DIR="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cu$TORCH_CUDA-$PYTAG-$OPS_KIND"
 
@@ -138,9 +137,12 @@ fi
 
 # ------------------------------------------------------------------------------- mmkat and its _C
 build_ok() {
-  # Installed in editable mode from this checkout and the extension imports with this torch.
-  "$VPY" - "$ROOT" <<'EOF' >/dev/null 2>&1
+  # Installed (editable) from this checkout, and the extension imports with this torch. Run from / so that
+  # the checkout itself is not on sys.path.
+  (cd / && "$VPY" - "$ROOT" <<'EOF' >/dev/null 2>&1)
 import os, sys
+from importlib import metadata
+metadata.version('mmkat')
 import mmkat
 from mmkat.ops import extension_info
 info = extension_info()

@@ -12,10 +12,11 @@ from mmkat.ops import (ENV_IMPL, extension_info, get_preset, group_rational, gro
 requires_ext = pytest.mark.skipif(not extension_info()['loaded'], reason='mmkat._C is not built')
 
 # Tolerances (rtol, atol) of a kernel against the reference, per input dtype. Both compute in fp32 (fp64
-# for fp64) and round the result to the input dtype, so half-precision outputs may differ by one ulp.
+# for fp64) and round the result to the input dtype, so half-precision outputs may differ by one ulp; the
+# GPU contracts a*b+c into fused multiply-adds, which moves dx by a few 1e-6 where R/Q and S P/Q^2 cancel.
 TOL = {
     torch.float64: (1e-10, 1e-12),
-    torch.float32: (2e-5, 2e-6),
+    torch.float32: (2e-5, 1e-5),
     torch.bfloat16: (1.6e-2, 1e-2),
     torch.float16: (2e-3, 1e-3),
 }

@@ -1,0 +1,173 @@
+"""Benchmark the group-rational op: mmkat._C against the eager reference and torch.compile of the reference.
+
+    python tools/benchmark_op.py                       # CUDA: [128,197,1536] and [128,197,384], fp32 + bf16
+    python tools/benchmark_op.py --device cpu --shapes 8x197x384 --reps 5
+
+For every shape, dtype and implementation it times forward, backward (dx and both coefficient gradients)
+and forward+backward (through autograd), reports the median, and compares it with the memory-bandwidth
+floor: the fewest bytes the pass must move (forward: read x, write y; backward: read x and dy, write dx)
+over the device-to-device copy bandwidth measured on the same GPU. The table is printed; everything is
+also written to JSON (--out).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmkat.ops import extension_info, get_preset  # noqa: E402
+from mmkat.ops.rational import _reference_backward, group_rational_reference  # noqa: E402
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cuda', choices=['cuda', 'cpu'])
+    p.add_argument('--shapes', nargs='+', default=['128x197x1536', '128x197x384'], help='BxNxC shapes')
+    p.add_argument('--dtypes', nargs='+', default=['fp32', 'bf16'], choices=list(DTYPES))
+    p.add_argument('--impls', nargs='+', default=['mmkat', 'compile', 'eager'],
+                   help='mmkat (the compiled op), compile (torch.compile of the reference), eager (reference)')
+    p.add_argument('--groups', type=int, default=8)
+    p.add_argument('--reps', type=int, default=50, help='timed repetitions (median reported)')
+    p.add_argument('--warmup', type=int, default=5)
+    p.add_argument('--out', default='work_dirs/benchmark_op.json')
+    return p.parse_args()
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn, device, reps, warmup):
+    """Median time of fn in ms. On CUDA: events around each call, calls queued back to back (so that the
+    host's launch overhead overlaps the GPU work, as in training) and the L2 cache flushed before each."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    if device.type != 'cuda':
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    sync(device)
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def copy_bandwidth(device, reps):
+    """Bytes read + written per second by a large device-to-device copy (the practical ceiling)."""
+    n = (1 << 30) if device.type == 'cuda' else (1 << 26)
+    src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, reps, 3)
+    return 2 * n / (ms * 1e-3)
+
+
+def make_impls(args, groups):
+    """Each implementation: (forward, backward, forward+backward) callables over (x, wn, wd, dy)."""
+    op_f = torch.ops.mmkat.group_rational_forward if extension_info()['loaded'] else None
+    op_b = torch.ops.mmkat.group_rational_backward if extension_info()['loaded'] else None
+
+    def fwd_bwd(forward):
+
+        def run(x, wn, wd, dy):
+            y = forward(x, wn, wd, groups)
+            return torch.autograd.grad(y, (x, wn, wd), dy)
+
+        return run
+
+    impls = {}
+    if 'mmkat' in args.impls and op_f is not None:
+        impls['mmkat'] = (lambda x, wn, wd, dy: op_f(x, wn, wd, groups),
+                          lambda x, wn, wd, dy: op_b(dy, x, wn, wd, groups), fwd_bwd(op_f))
+    if 'eager' in args.impls:
+        impls['eager'] = (lambda x, wn, wd, dy: group_rational_reference(x, wn, wd, groups),
+                          lambda x, wn, wd, dy: _reference_backward(dy, x, wn, wd, groups),
+                          fwd_bwd(group_rational_reference))
+    if 'compile' in args.impls:
+        cf = torch.compile(group_rational_reference)
+        cb = torch.compile(_reference_backward)
+        impls['compile'] = (lambda x, wn, wd, dy: cf(x, wn, wd, groups), lambda x, wn, wd, dy: cb(
+            dy, x, wn, wd, groups), fwd_bwd(cf))
+    return impls
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('benchmark_op: no CUDA GPU visible; use --device cpu')
+    info = extension_info()
+    if device.type == 'cuda' and not info['with_cuda']:
+        print(f'benchmark_op: mmkat._C has no CUDA kernels ({info}); the mmkat rows are skipped', file=sys.stderr)
+        args.impls = [i for i in args.impls if i != 'mmkat']
+    bandwidth = copy_bandwidth(device, 20)
+    num, den = get_preset('swish')
+    rows = []
+    print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}, '
+          f'torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s')
+    header = (f'{"shape":>14} {"dtype":>5} {"impl":>8} | {"fwd ms":>8} {"bwd ms":>8} {"f+b ms":>8} | '
+              f'{"floor ms":>8} {"f+b GB/s":>9} {"x floor":>7}')
+    print(header)
+    print('-' * len(header))
+    for shape_s in args.shapes:
+        shape = tuple(int(v) for v in shape_s.split('x'))
+        for dname in args.dtypes:
+            dtype = DTYPES[dname]
+            torch._dynamo.reset()
+            impls = make_impls(args, args.groups)
+            gen = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(shape, device=device, dtype=dtype, generator=gen).mul_(2).requires_grad_()
+            dy = torch.randn(shape, device=device, dtype=dtype, generator=gen)
+            wn = torch.tensor([num], device=device).add_(0.01 * torch.randn(1, 6, device=device, generator=gen))
+            wd = torch.tensor([den] * args.groups, device=device)
+            wd = wd.add_(0.01 * torch.randn(wd.shape, device=device, generator=gen))
+            wn.requires_grad_()
+            wd.requires_grad_()
+            elem = x.numel() * x.element_size()
+            floor = {'fwd': 2 * elem / bandwidth * 1e3, 'bwd': 3 * elem / bandwidth * 1e3}
+            floor['fwd_bwd'] = floor['fwd'] + floor['bwd']
+            for name, (f, b, fb) in impls.items():
+                times = {}
+                for key, fn in (('fwd', f), ('bwd', b), ('fwd_bwd', fb)):
+                    with torch.no_grad() if key == 'fwd' else torch.enable_grad():
+                        times[key] = median_ms(lambda: fn(x, wn, wd, dy), device, args.reps, args.warmup)
+                gbs = 5 * elem / (times['fwd_bwd'] * 1e-3) / 1e9
+                row = dict(shape=list(shape), dtype=dname, impl=name, ms=times, floor_ms=floor,
+                           fwd_bwd_gbs=gbs, x_floor=times['fwd_bwd'] / floor['fwd_bwd'])
+                rows.append(row)
+                print(f'{shape_s:>14} {dname:>5} {name:>8} | {times["fwd"]:8.3f} {times["bwd"]:8.3f} '
+                      f'{times["fwd_bwd"]:8.3f} | {floor["fwd_bwd"]:8.3f} {gbs:9.0f} {row["x_floor"]:7.2f}')
+    result = dict(
+        command=' '.join(sys.argv),
+        device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor(),
+        torch=torch.__version__,
+        extension=info,
+        copy_bandwidth_bytes_per_s=bandwidth,
+        reps=args.reps,
+        groups=args.groups,
+        rows=rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(result, f, indent=1)
+    print(f'saved {args.out}')
+
+
+if __name__ == '__main__':
+    main()
