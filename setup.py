@@ -113,7 +113,7 @@ def get_extensions():
     # Tuning knobs for kernel experiments (tools/benchmark_op.py compares builds); defaults are the tuned ones.
     if os.environ.get('MMKAT_CUDA_UNROLL'):
         nvcc.append(f"-DMMKAT_CUDA_UNROLL={int(os.environ['MMKAT_CUDA_UNROLL'])}")
-    for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS'):
+    for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS'):
         if os.environ.get(knob):
             nvcc.append(f'-D{knob}={int(os.environ[knob])}')
     if os.environ.get('MMKAT_FAST_DIV') == '1':

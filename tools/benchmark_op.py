@@ -38,6 +38,7 @@ def parse_args():
     p.add_argument('--reps', type=int, default=50, help='timed repetitions (median reported)')
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--out', default='work_dirs/benchmark_op.json')
+    p.add_argument('--markdown', action='store_true', help='also print the table in Markdown (for README)')
     return p.parse_args()
 
 
@@ -68,6 +69,17 @@ def median_ms(fn, device, reps, warmup):
         end.record()
     sync(device)
     return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def device_name(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo') as f:
+            model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f'{model}, {torch.get_num_threads()} threads'
 
 
 def copy_bandwidth(device, reps):
@@ -101,11 +113,37 @@ def make_impls(args, groups):
                           lambda x, wn, wd, dy: _reference_backward(dy, x, wn, wd, groups),
                           fwd_bwd(group_rational_reference))
     if 'compile' in args.impls:
+        # No background compile workers: they would compete with the host side of the timed runs.
+        torch._inductor.config.compile_threads = 1
         cf = torch.compile(group_rational_reference)
         cb = torch.compile(_reference_backward)
         impls['compile'] = (lambda x, wn, wd, dy: cf(x, wn, wd, groups), lambda x, wn, wd, dy: cb(
             dy, x, wn, wd, groups), fwd_bwd(cf))
     return impls
+
+
+def make_inputs(shape, dtype, device, groups, num, den):
+    """x (values of both signs) and dy, and swish coefficients with a little noise, all fixed by a seed."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, device=device, dtype=dtype, generator=gen).mul_(2).requires_grad_()
+    dy = torch.randn(shape, device=device, dtype=dtype, generator=gen)
+    wn = torch.tensor([num], device=device).add_(0.01 * torch.randn(1, 6, device=device, generator=gen))
+    wd = torch.tensor([den] * groups, device=device)
+    wd = wd.add_(0.01 * torch.randn(wd.shape, device=device, generator=gen))
+    return x, wn.requires_grad_(), wd.requires_grad_(), dy
+
+
+IMPL_NAMES = {'mmkat': '**mmkat**', 'compile': 'torch.compile(reference)', 'eager': 'eager reference'}
+
+
+def markdown_table(rows):
+    lines = ['| shape | dtype | impl | fwd ms | bwd ms | fwd+bwd ms | floor ms | x floor |', '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        ms = r['ms']
+        lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['dtype']} | {IMPL_NAMES.get(r['impl'], r['impl'])} | "
+                     f"{ms['fwd']:.3f} | {ms['bwd']:.3f} | {ms['fwd_bwd']:.3f} | {r['floor_ms']['fwd_bwd']:.3f} | "
+                     f"{r['x_floor']:.2f} |")
+    return '\n'.join(lines)
 
 
 def main():
@@ -120,30 +158,25 @@ def main():
     bandwidth = copy_bandwidth(device, 20)
     num, den = get_preset('swish')
     rows = []
-    print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}, '
+    print(f'device: {device_name(device)}, '
           f'torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s')
     header = (f'{"shape":>14} {"dtype":>5} {"impl":>8} | {"fwd ms":>8} {"bwd ms":>8} {"f+b ms":>8} | '
               f'{"floor ms":>8} {"f+b GB/s":>9} {"x floor":>7}')
     print(header)
     print('-' * len(header))
-    for shape_s in args.shapes:
-        shape = tuple(int(v) for v in shape_s.split('x'))
-        for dname in args.dtypes:
-            dtype = DTYPES[dname]
-            torch._dynamo.reset()
-            impls = make_impls(args, args.groups)
-            gen = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn(shape, device=device, dtype=dtype, generator=gen).mul_(2).requires_grad_()
-            dy = torch.randn(shape, device=device, dtype=dtype, generator=gen)
-            wn = torch.tensor([num], device=device).add_(0.01 * torch.randn(1, 6, device=device, generator=gen))
-            wd = torch.tensor([den] * args.groups, device=device)
-            wd = wd.add_(0.01 * torch.randn(wd.shape, device=device, generator=gen))
-            wn.requires_grad_()
-            wd.requires_grad_()
-            elem = x.numel() * x.element_size()
-            floor = {'fwd': 2 * elem / bandwidth * 1e3, 'bwd': 3 * elem / bandwidth * 1e3}
-            floor['fwd_bwd'] = floor['fwd'] + floor['bwd']
-            for name, (f, b, fb) in impls.items():
+    # Implementation by implementation, torch.compile last: compiling leaves host-side work behind that
+    # would otherwise slow the host part of the rows measured after it.
+    impls = make_impls(args, args.groups)
+    for name in [i for i in ('mmkat', 'eager', 'compile') if i in impls]:
+        f, b, fb = impls[name]
+        for shape_s in args.shapes:
+            shape = tuple(int(v) for v in shape_s.split('x'))
+            for dname in args.dtypes:
+                torch._dynamo.reset()
+                x, wn, wd, dy = make_inputs(shape, DTYPES[dname], device, args.groups, num, den)
+                elem = x.numel() * x.element_size()
+                floor = {'fwd': 2 * elem / bandwidth * 1e3, 'bwd': 3 * elem / bandwidth * 1e3}
+                floor['fwd_bwd'] = floor['fwd'] + floor['bwd']
                 times = {}
                 for key, fn in (('fwd', f), ('bwd', b), ('fwd_bwd', fb)):
                     with torch.no_grad() if key == 'fwd' else torch.enable_grad():
@@ -154,15 +187,18 @@ def main():
                 rows.append(row)
                 print(f'{shape_s:>14} {dname:>5} {name:>8} | {times["fwd"]:8.3f} {times["bwd"]:8.3f} '
                       f'{times["fwd_bwd"]:8.3f} | {floor["fwd_bwd"]:8.3f} {gbs:9.0f} {row["x_floor"]:7.2f}')
+    rows.sort(key=lambda r: (-r['shape'][-1], r['dtype'] != 'fp32', ['mmkat', 'compile', 'eager'].index(r['impl'])))
     result = dict(
         command=' '.join(sys.argv),
-        device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor(),
+        device=device_name(device),
         torch=torch.__version__,
         extension=info,
         copy_bandwidth_bytes_per_s=bandwidth,
         reps=args.reps,
         groups=args.groups,
         rows=rows)
+    if args.markdown:
+        print(markdown_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(result, f, indent=1)
