@@ -9,6 +9,8 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "group_rational.h"
@@ -39,29 +41,166 @@ struct Coefficients {
   }
 };
 
-template <typename scalar_t>
-void forward_kernel(const scalar_t* x, scalar_t* y, int64_t rows, int64_t channels, int64_t groups,
-                    const Coefficients<at::opmath_type<scalar_t>>& coeffs) {
-  using T = at::opmath_type<scalar_t>;
-  const int64_t d = channels / groups;
-  const int64_t chunk = rows_per_chunk(channels);
-  const int64_t chunks = (rows + chunk - 1) / chunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t r_end = std::min(rows, (c + 1) * chunk);
-      for (int64_t r = c * chunk; r < r_end; ++r) {
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t off = r * channels + g * d;
-          const T* babs = coeffs.babs.data() + g * kDenominator;
-          // Local copies keep the coefficients in registers inside the vectorised loop.
-          const T a[kNumerator] = {coeffs.a[0], coeffs.a[1], coeffs.a[2], coeffs.a[3], coeffs.a[4], coeffs.a[5]};
-          const T b[kDenominator] = {babs[0], babs[1], babs[2], babs[3]};
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MMKAT_X86_DISPATCH 1
+#define MMKAT_INLINE inline __attribute__((always_inline))
+#else
+#define MMKAT_X86_DISPATCH 0
+#define MMKAT_INLINE inline
+#endif
+
+constexpr int64_t kTile = 256;  // half-precision inputs are converted to the math type tile by tile
+
+// One (row, group) segment of d contiguous elements. fp32/fp64 run straight over the data; fp16/bf16 go
+// through a small buffer in the math type so that the arithmetic loop vectorises.
+template <typename scalar_t, typename T>
+MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, const T* a, const T* b) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
 #pragma omp simd
-          for (int64_t k = 0; k < d; ++k) {
-            y[off + k] = static_cast<scalar_t>(rational_forward<T>(static_cast<T>(x[off + k]), a, b));
-          }
-        }
+    for (int64_t k = 0; k < d; ++k) y[k] = rational_forward<T>(x[k], a, b);
+  } else {
+    T buf[kTile];
+    for (int64_t t0 = 0; t0 < d; t0 += kTile) {
+      const int64_t n = std::min(kTile, d - t0);
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<T>(x[t0 + i]);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) buf[i] = rational_forward<T>(buf[i], a, b);
+      for (int64_t i = 0; i < n; ++i) y[t0 + i] = static_cast<scalar_t>(buf[i]);
+    }
+  }
+}
+
+// Backward over n elements of math-type data; acc holds one row of 10 sums per vector lane, so the lane
+// loop vectorises without a reduction clause (and the order of additions is fixed).
+template <typename T>
+MMKAT_INLINE void backward_math(const T* x, const T* dy, T* dx, int64_t n, const T* a, const T* b,
+                                T (*acc)[kLanes]) {
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      dx[k + l] = rational_backward<T, kLanes>(x[k + l], dy[k + l], a, b, &acc[0][l]);
+    }
+  }
+  for (; k < n; ++k) dx[k] = rational_backward<T, kLanes>(x[k], dy[k], a, b, &acc[0][0]);
+}
+
+template <typename scalar_t, typename T>
+MMKAT_INLINE void backward_segment(const scalar_t* x, const scalar_t* dy, scalar_t* dx, int64_t d, const T* a,
+                                   const T* b, T (*acc)[kLanes]) {
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    backward_math<T>(x, dy, dx, d, a, b, acc);
+  } else {
+    T xb[kTile], gb[kTile];
+    for (int64_t t0 = 0; t0 < d; t0 += kTile) {
+      const int64_t n = std::min(kTile, d - t0);
+      for (int64_t i = 0; i < n; ++i) {
+        xb[i] = static_cast<T>(x[t0 + i]);
+        gb[i] = static_cast<T>(dy[t0 + i]);
       }
+      backward_math<T>(xb, gb, xb, n, a, b, acc);  // dx overwrites x in the buffer
+      for (int64_t i = 0; i < n; ++i) dx[t0 + i] = static_cast<scalar_t>(xb[i]);
+    }
+  }
+}
+
+struct Problem {
+  int64_t rows, channels, groups, d, chunk;
+};
+
+template <typename scalar_t>
+MMKAT_INLINE void forward_chunk(const scalar_t* x, scalar_t* y, const Problem& P,
+                                const Coefficients<at::opmath_type<scalar_t>>& coeffs, int64_t c) {
+  using T = at::opmath_type<scalar_t>;
+  const T* a = coeffs.a;
+  const int64_t r_end = std::min(P.rows, (c + 1) * P.chunk);
+  for (int64_t r = c * P.chunk; r < r_end; ++r) {
+    for (int64_t g = 0; g < P.groups; ++g) {
+      const int64_t off = r * P.channels + g * P.d;
+      forward_segment<scalar_t, T>(x + off, y + off, P.d, a, coeffs.babs.data() + g * kDenominator);
+    }
+  }
+}
+
+template <typename scalar_t>
+MMKAT_INLINE void backward_chunk(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
+                                 at::opmath_type<scalar_t>* out,  // [groups][kCoeffGrads] of this chunk
+                                 const Problem& P, const Coefficients<at::opmath_type<scalar_t>>& coeffs, int64_t c) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t r_end = std::min(P.rows, (c + 1) * P.chunk);
+  for (int64_t g = 0; g < P.groups; ++g) {
+    const T* b = coeffs.babs.data() + g * kDenominator;
+    T acc[kCoeffGrads][kLanes] = {};
+    for (int64_t r = c * P.chunk; r < r_end; ++r) {
+      const int64_t off = r * P.channels + g * P.d;
+      backward_segment<scalar_t, T>(x + off, dy + off, dx + off, P.d, coeffs.a, b, acc);
+    }
+    for (int i = 0; i < kCoeffGrads; ++i) {
+      T sum = 0;
+      for (int l = 0; l < kLanes; ++l) sum += acc[i][l];
+      out[g * kCoeffGrads + i] = sum;
+    }
+  }
+}
+
+// The same chunk code compiled twice: for the baseline ISA and, on x86-64, for AVX2 + FMA, picked at run
+// time by what the CPU supports (as ATen does for its own kernels). The choice is fixed per machine, so
+// results stay bitwise reproducible there.
+template <typename scalar_t>
+void forward_chunk_base(const scalar_t* x, scalar_t* y, const Problem& P,
+                        const Coefficients<at::opmath_type<scalar_t>>& coeffs, int64_t c) {
+  forward_chunk<scalar_t>(x, y, P, coeffs, c);
+}
+template <typename scalar_t>
+void backward_chunk_base(const scalar_t* dy, const scalar_t* x, scalar_t* dx, at::opmath_type<scalar_t>* out,
+                         const Problem& P, const Coefficients<at::opmath_type<scalar_t>>& coeffs, int64_t c) {
+  backward_chunk<scalar_t>(dy, x, dx, out, P, coeffs, c);
+}
+#if MMKAT_X86_DISPATCH
+template <typename scalar_t>
+__attribute__((target("avx2,fma"))) void forward_chunk_avx2(const scalar_t* x, scalar_t* y, const Problem& P,
+                                                            const Coefficients<at::opmath_type<scalar_t>>& coeffs,
+                                                            int64_t c) {
+  forward_chunk<scalar_t>(x, y, P, coeffs, c);
+}
+template <typename scalar_t>
+__attribute__((target("avx2,fma"))) void backward_chunk_avx2(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
+                                                             at::opmath_type<scalar_t>* out, const Problem& P,
+                                                             const Coefficients<at::opmath_type<scalar_t>>& coeffs,
+                                                             int64_t c) {
+  backward_chunk<scalar_t>(dy, x, dx, out, P, coeffs, c);
+}
+#endif
+
+bool use_avx2() {
+#if MMKAT_X86_DISPATCH
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                std::getenv("MMKAT_CPU_BASELINE") == nullptr;
+  return supported;
+#else
+  return false;
+#endif
+}
+
+Problem make_problem(int64_t rows, int64_t channels, int64_t groups) {
+  return Problem{rows, channels, groups, channels / groups, rows_per_chunk(channels)};
+}
+
+int64_t num_chunks(const Problem& P) { return (P.rows + P.chunk - 1) / P.chunk; }
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* x, scalar_t* y, const Problem& P,
+                    const Coefficients<at::opmath_type<scalar_t>>& coeffs) {
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, num_chunks(P), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+#if MMKAT_X86_DISPATCH
+      if (avx2) {
+        forward_chunk_avx2<scalar_t>(x, y, P, coeffs, c);
+        continue;
+      }
+#endif
+      forward_chunk_base<scalar_t>(x, y, P, coeffs, c);
     }
   });
 }
@@ -69,45 +208,18 @@ void forward_kernel(const scalar_t* x, scalar_t* y, int64_t rows, int64_t channe
 template <typename scalar_t>
 void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
                      at::opmath_type<scalar_t>* partials,  // [chunks][groups][kCoeffGrads]
-                     int64_t rows, int64_t channels, int64_t groups,
-                     const Coefficients<at::opmath_type<scalar_t>>& coeffs) {
-  using T = at::opmath_type<scalar_t>;
-  const int64_t d = channels / groups;
-  const int64_t chunk = rows_per_chunk(channels);
-  const int64_t chunks = (rows + chunk - 1) / chunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+                     const Problem& P, const Coefficients<at::opmath_type<scalar_t>>& coeffs) {
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, num_chunks(P), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      T* out = partials + c * groups * kCoeffGrads;
-      std::fill(out, out + groups * kCoeffGrads, T(0));
-      const int64_t r_end = std::min(rows, (c + 1) * chunk);
-      for (int64_t g = 0; g < groups; ++g) {
-        const T* babs = coeffs.babs.data() + g * kDenominator;
-        const T a[kNumerator] = {coeffs.a[0], coeffs.a[1], coeffs.a[2], coeffs.a[3], coeffs.a[4], coeffs.a[5]};
-        const T b[kDenominator] = {babs[0], babs[1], babs[2], babs[3]};
-        // One accumulator row per vector lane: the lane loop vectorises without a reduction clause.
-        T acc[kCoeffGrads][kLanes] = {};
-        for (int64_t r = c * chunk; r < r_end; ++r) {
-          const int64_t off = r * channels + g * d;
-          int64_t k = 0;
-          for (; k + kLanes <= d; k += kLanes) {
-#pragma omp simd
-            for (int l = 0; l < kLanes; ++l) {
-              dx[off + k + l] = static_cast<scalar_t>(rational_backward<T, kLanes>(
-                  static_cast<T>(x[off + k + l]), static_cast<T>(dy[off + k + l]), a, b, &acc[0][l]));
-            }
-          }
-          for (; k < d; ++k) {
-            dx[off + k] = static_cast<scalar_t>(rational_backward<T, kLanes>(
-                static_cast<T>(x[off + k]), static_cast<T>(dy[off + k]), a, b, &acc[0][0]));
-          }
-        }
-        T* o = out + g * kCoeffGrads;
-        for (int i = 0; i < kCoeffGrads; ++i) {
-          T sum = 0;
-          for (int l = 0; l < kLanes; ++l) sum += acc[i][l];
-          o[i] = sum;
-        }
+      auto* out = partials + c * P.groups * kCoeffGrads;
+#if MMKAT_X86_DISPATCH
+      if (avx2) {
+        backward_chunk_avx2<scalar_t>(dy, x, dx, out, P, coeffs, c);
+        continue;
       }
+#endif
+      backward_chunk_base<scalar_t>(dy, x, dx, out, P, coeffs, c);
     }
   });
 }
@@ -148,8 +260,8 @@ at::Tensor group_rational_forward_cpu(const at::Tensor& x, const at::Tensor& wei
   if (rows == 0 || channels == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_forward_cpu", [&] {
     Coefficients<at::opmath_type<scalar_t>> coeffs(weight_numerator, weight_denominator, groups);
-    forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), rows, channels, groups,
-                             coeffs);
+    forward_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                             make_problem(rows, channels, groups), coeffs);
   });
   return y;
 }
@@ -175,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
       Coefficients<at::opmath_type<scalar_t>> coeffs(weight_numerator, weight_denominator, groups);
       backward_kernel<scalar_t>(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                 dx.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<at::opmath_type<scalar_t>>(),
-                                rows, channels, groups, coeffs);
+                                make_problem(rows, channels, groups), coeffs);
     });
   }
   auto d_num = at::empty({1, kNumerator}, partials.options());

@@ -120,13 +120,16 @@ def test_sign_zero_convention_identity_init_gets_denominator_gradient(impl):
     torch.testing.assert_close(gd, _analytic_identity_denominator_grad(x, dy, groups))
 
 
-def test_gradient_sign_convention_at_x_zero():
-    """dF/dx at x = 0 takes sign(0) = +1: (a1 - a0 |b0|) with Q(0) = 1."""
-    wn = torch.tensor([[0.7, 1.3, 0.2, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    wd = torch.tensor([[0.5, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    x = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
-    (gx, ) = torch.autograd.grad(group_rational_reference(x, wn, wd, 1), (x, ))
-    assert gx.item() == pytest.approx(1.3 - 0.7 * 0.5)
+@pytest.mark.parametrize('impl', ['reference', pytest.param('compiled', marks=requires_ext)])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_gradient_sign_convention_at_x_zero(impl, dtype):
+    """dF/dx at x = 0 takes sign(0) = +1: (a1 - a0 |b0|) with Q(0) = 1 (and a1 + a0 |b0| for x -> 0-)."""
+    wn = torch.tensor([[0.7, 1.3, 0.2, 0.0, 0.0, 0.0]], dtype=dtype)
+    wd = torch.tensor([[0.5, 0.0, 0.0, 0.0]], dtype=dtype)
+    x = torch.tensor([[0.0, -1e-30]], dtype=dtype, requires_grad=True)
+    (gx, ) = torch.autograd.grad(group_rational(x, wn, wd, 1, impl=impl).sum(), (x, ))
+    assert gx[0, 0].item() == pytest.approx(1.3 - 0.7 * 0.5)
+    assert gx[0, 1].item() == pytest.approx(1.3 + 0.7 * 0.5)
 
 
 # ------------------------------------------------------------------------------------ the CPU kernel
@@ -367,3 +370,32 @@ def test_missing_extension_auto_warns_once_and_explicit_request_explains(monkeyp
     with pytest.raises(RuntimeError, match="impl='compiled'.*failed to load.*undefined symbol.*rebuild"):
         group_rational(x, wn, wd, 8, impl='compiled')
     assert extension_info()['loaded'] is False
+
+
+@requires_ext
+def test_cpu_baseline_isa_kernels_match_reference(tmp_path):
+    """On x86-64 the CPU kernels run AVX2+FMA code when the CPU has it; MMKAT_CPU_BASELINE=1 forces the
+    baseline build of the same code (the choice is made once per process, hence the subprocess)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / 'baseline.pt'
+    code = f'''
+import torch
+from tests.test_ops.test_group_rational import make_inputs, run
+results = []
+for dtype in (torch.float32, torch.bfloat16):
+    x, wn, wd = make_inputs((5, 197, 48), 8, dtype, seed=1234)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    results.append((x, wn, wd, dy, run('compiled', x, wn, wd, 8, dy)))
+torch.save(results, {str(out)!r})
+'''
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=root, env={**os.environ, 'MMKAT_CPU_BASELINE': '1'})
+    for x, wn, wd, dy, compiled in torch.load(out):
+        ref = run('reference', x, wn, wd, 8, dy)
+        rtol, atol = TOL[x.dtype]
+        for r, o in zip(ref[:2], compiled[:2]):
+            torch.testing.assert_close(o, r, rtol=rtol, atol=atol)
+        for r, o in zip(ref[2:], compiled[2:]):
+            assert ((o.double() - r.double()).norm() / r.double().norm()).item() < COEF_TOL[x.dtype]
