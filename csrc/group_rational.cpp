@@ -47,6 +47,13 @@ void check_group_rational_inputs(const at::Tensor& x, const at::Tensor& weight_n
               weight_numerator.device(), " and ", weight_denominator.device());
 }
 
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const char* op) {
+  TORCH_CHECK(grad_output.sizes() == x.sizes(), op, ": grad_output must have the shape of x ", x.sizes(), ", got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.device() == x.device(), op, ": grad_output must be on ", x.device(), ", got ",
+              grad_output.device());
+}
+
 }  // namespace mmkat
 
 TORCH_LIBRARY(mmkat, m) {

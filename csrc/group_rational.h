@@ -10,6 +10,8 @@ namespace mmkat {
 // Checks shared by every backend; the messages name what was expected. `op` names the caller.
 void check_group_rational_inputs(const at::Tensor& x, const at::Tensor& weight_numerator,
                                  const at::Tensor& weight_denominator, int64_t groups, const char* op);
+// The backward's extra checks: grad_output matches x in shape and device.
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const char* op);
 
 at::Tensor group_rational_forward_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                       const at::Tensor& weight_denominator, int64_t groups);

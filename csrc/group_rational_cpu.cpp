@@ -270,10 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_numerator,
     const at::Tensor& weight_denominator, int64_t groups) {
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, "mmkat::group_rational_backward");
-  TORCH_CHECK(grad_output.sizes() == x.sizes(), "mmkat::group_rational_backward: grad_output must have the shape of x ",
-              x.sizes(), ", got ", grad_output.sizes());
-  TORCH_CHECK(grad_output.device() == x.device(), "mmkat::group_rational_backward: grad_output must be on ",
-              x.device(), ", got ", grad_output.device());
+  check_grad_output(grad_output, x, "mmkat::group_rational_backward");
   auto xc = x.contiguous();
   auto dyc = grad_output.to(x.scalar_type()).contiguous();
   auto dx = at::empty_like(xc);

@@ -295,7 +295,6 @@ at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& we
                                        const at::Tensor& weight_denominator, int64_t groups) {
   constexpr const char* op = "mmkat::group_rational_forward";
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
-  TORCH_CHECK(groups <= 65535, op, ": at most 65535 groups are supported on CUDA, got ", groups);
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
   auto y = at::empty_like(xc);
@@ -323,11 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
     const at::Tensor& weight_denominator, int64_t groups) {
   constexpr const char* op = "mmkat::group_rational_backward";
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
-  TORCH_CHECK(groups <= 65535, op, ": at most 65535 groups are supported on CUDA, got ", groups);
-  TORCH_CHECK(grad_output.sizes() == x.sizes(), op, ": grad_output must have the shape of x ", x.sizes(), ", got ",
-              grad_output.sizes());
-  TORCH_CHECK(grad_output.device() == x.device(), op, ": grad_output must be on ", x.device(), ", got ",
-              grad_output.device());
+  check_grad_output(grad_output, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
   auto dyc = grad_output.to(x.scalar_type()).contiguous();
