@@ -200,6 +200,11 @@ def main():
     if args.markdown:
         print(markdown_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if os.path.exists(args.out):  # keep the earlier result: rename it after its own time stamp
+        stem, ext = os.path.splitext(args.out)
+        kept = f"{stem}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(os.path.getmtime(args.out)))}{ext}"
+        os.replace(args.out, kept)
+        print(f'kept the previous {args.out} as {kept}')
     with open(args.out, 'w') as f:
         json.dump(result, f, indent=1)
     print(f'saved {args.out}')
