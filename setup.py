@@ -116,8 +116,6 @@ def get_extensions():
     for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS'):
         if os.environ.get(knob):
             nvcc.append(f'-D{knob}={int(os.environ[knob])}')
-    if os.environ.get('MMKAT_FAST_DIV') == '1':
-        nvcc.append('-DMMKAT_FAST_DIV')
     if os.environ.get('MMKAT_PTXAS_VERBOSE') == '1':
         nvcc.append('-Xptxas=-v')
     return [

@@ -277,14 +277,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
   const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t channels = x.size(-1);
   const int64_t rows = channels == 0 ? 0 : xc.numel() / channels;
-  const int64_t chunks = rows == 0 ? 0 : (rows + rows_per_chunk(channels) - 1) / rows_per_chunk(channels);
+  const Problem problem = make_problem(rows, channels, groups);
+  const int64_t chunks = num_chunks(problem);
   auto partials = at::empty({chunks, groups, kCoeffGrads}, x.options().dtype(math));
   if (chunks > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cpu", [&] {
       Coefficients<at::opmath_type<scalar_t>> coeffs(weight_numerator, weight_denominator, groups);
       backward_kernel<scalar_t>(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                 dx.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<at::opmath_type<scalar_t>>(),
-                                make_problem(rows, channels, groups), coeffs);
+                                problem, coeffs);
     });
   }
   auto d_num = at::empty({1, kNumerator}, partials.options());

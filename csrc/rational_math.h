@@ -19,17 +19,6 @@
 
 namespace mmkat {
 
-// p / q. MMKAT_FAST_DIV=1 (a build option, off by default) uses the GPU's approximate fp32 division
-// (about 2 ulp, q >= 1 here so never in its bad range); the default is the correctly rounded division, as
-// the reference computes it.
-template <typename T>
-MMKAT_HD T divide(T p, T q) {
-#if defined(__CUDA_ARCH__) && defined(MMKAT_FAST_DIV)
-  if constexpr (sizeof(T) == 4) return __fdividef(p, q);
-#endif
-  return p / q;
-}
-
 // 1 / q, correctly rounded: bitwise the same as the division 1 / q, but on the GPU the reciprocal
 // instruction sequence is shorter than the general division routine.
 template <typename T>
@@ -58,7 +47,7 @@ MMKAT_HD T rational_forward(T x, const T* a, const T* babs) {
   q = q * ax + babs[1];
   q = q * ax + babs[0];
   q = q * ax + T(1);
-  return divide(p, q);
+  return p / q;
 }
 
 // Returns dL/dx for one element and adds its share to the 10 coefficient-gradient sums, g[k * kStride]:
