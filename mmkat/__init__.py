@@ -5,8 +5,8 @@ modules on mmengine's root registries, which the mmdet, mmseg and mmpretrain reg
 It never imports mmdet, mmseg or mmpretrain.
 """
 from . import models, ops  # noqa: F401  (registers the modules)
-from .models import GroupRational
+from .models import KAT, GroupRational
 from .ops import group_rational
 from .version import __version__
 
-__all__ = ['GroupRational', 'group_rational', '__version__']
+__all__ = ['KAT', 'GroupRational', 'group_rational', '__version__']

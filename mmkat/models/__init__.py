@@ -1,3 +1,4 @@
+from .backbones import KAT
 from .layers import GroupRational
 
-__all__ = ['GroupRational']
+__all__ = ['KAT', 'GroupRational']

@@ -1,0 +1,3 @@
+from .kat import KAT
+
+__all__ = ['KAT']
