@@ -4,7 +4,7 @@
 modules on mmengine's root registries, which the mmdet, mmseg and mmpretrain registries fall back to.
 It never imports mmdet, mmseg or mmpretrain.
 """
-from . import models, ops  # noqa: F401  (registers the modules)
+from . import datasets, engine, models, ops  # noqa: F401  (registers the modules)
 from .models import KAT, GroupRational
 from .ops import group_rational
 from .version import __version__

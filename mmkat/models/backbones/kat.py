@@ -191,7 +191,7 @@ class KAT(BaseModule):
         if not required <= set(arch) or set(arch) - required - {'mlp_ratio'}:
             raise KeyError(f'KAT: a custom arch needs keys {sorted(required)} (and optionally mlp_ratio), '
                            f'got {sorted(arch)}')
-        settings = dict(mlp_ratio=4., **arch)
+        settings = {'mlp_ratio': 4., **arch}
         if settings['embed_dims'] % settings['num_heads']:
             raise ValueError(f"KAT: embed_dims ({settings['embed_dims']}) must be divisible by num_heads "
                              f"({settings['num_heads']})")

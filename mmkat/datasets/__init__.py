@@ -1,0 +1,3 @@
+from .shapes import KATDemoShapes
+
+__all__ = ['KATDemoShapes']

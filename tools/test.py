@@ -1,0 +1,106 @@
+"""Evaluate a checkpoint on the test set of any mmengine config (mmpretrain, mmdet, mmseg).
+
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT                       # prints the test metrics
+    python tools/test.py CONFIG CHECKPOINT --out preds.pkl       # also dumps the predictions
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8                  # 8 GPUs on this machine (torchrun)
+
+CHECKPOINT can be a training checkpoint written by tools/train.py (mmengine's format) or a plain state
+dict such as one converted by mmkat's tools.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+PROG = 'tools/test.py'
+
+
+def fail(message):
+    """Stop with a one-line error on stderr and exit status 1."""
+    sys.exit(f'{PROG}: error: {message}')
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(prog=PROG,
+                                     description='Test (evaluate) a checkpoint with an mmengine config.')
+    parser.add_argument('config', help='config file (.py)')
+    parser.add_argument('checkpoint', help='checkpoint file (a path, or a URL mmengine can fetch)')
+    parser.add_argument(
+        '--work-dir',
+        help="folder for the logs and metrics file (default: the config's work_dir, else "
+        './work_dirs/<config file name without .py>)')
+    parser.add_argument(
+        '--out', metavar='FILE.pkl',
+        help="also dump the raw predictions to this pickle file (mmengine's DumpResults metric)")
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config entries, e.g. test_dataloader.batch_size=8; lists as key="[a,b]" or '
+        'key=a,b, quoted and without spaces')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher (tools/dist_test.sh sets it)')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank (older releases)
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def _import_mmkat():
+    try:
+        import mmkat  # noqa: F401  (registers KAT and its layers)
+    except ImportError:
+        sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+        import mmkat  # noqa: F401
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.config):
+        fail(f'config file not found: {args.config}')
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        fail(f'checkpoint not found: {args.checkpoint}')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        fail(f'--out must name a .pkl or .pickle file, got {args.out}')
+
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif not cfg.get('work_dir'):
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if not cfg.get('test_dataloader') or not cfg.get('test_evaluator') or cfg.get('test_cfg') is None:
+        fail('the config needs test_dataloader, test_evaluator and test_cfg to test a model')
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+
+    _import_mmkat()
+    from mmkat.engine import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()  # training checkpoints of mmengine load with weights_only=True
+
+    from mmengine.evaluator import DumpResults
+    from mmengine.registry import RUNNERS, init_default_scope
+
+    if cfg.get('default_scope'):
+        init_default_scope(cfg.default_scope)  # look runner_type up in the config's scope
+    runner = RUNNERS.build(cfg)  # the config's runner_type (default Runner), through its from_cfg
+
+    if args.out is not None:
+        out_dir = osp.dirname(osp.abspath(args.out))
+        os.makedirs(out_dir, exist_ok=True)
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

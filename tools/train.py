@@ -1,0 +1,230 @@
+"""Train a model from any mmengine config (mmpretrain classification, mmdet detection, mmseg segmentation).
+
+Examples::
+
+    python tools/train.py CONFIG                        # work dir: ./work_dirs/<config file name>
+    python tools/train.py CONFIG --resume               # continue from the work dir's latest checkpoint
+    python tools/train.py CONFIG --resume CKPT          # continue from CKPT
+    python tools/train.py CONFIG --amp --cfg-options train_dataloader.batch_size=64
+    bash tools/dist_train.sh CONFIG 8                   # 8 GPUs on this machine (torchrun)
+
+A work dir that already holds checkpoints is never trained into from scratch by accident: pass --resume to
+continue the run in it or --overwrite to start again (or choose another --work-dir).
+"""
+import argparse
+import glob
+import os
+import os.path as osp
+import sys
+
+PROG = 'tools/train.py'
+
+
+def fail(message):
+    """Stop with a one-line error on stderr and exit status 1."""
+    sys.exit(f'{PROG}: error: {message}')
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Train a model from an mmengine config (mmpretrain, mmdet, mmseg or plain mmengine).')
+    parser.add_argument('config', help='config file (.py)')
+    parser.add_argument(
+        '--work-dir',
+        help="folder for logs and checkpoints (default: the config's work_dir, else "
+        './work_dirs/<config file name without .py>)')
+    parser.add_argument(
+        '--resume', nargs='?', const='auto', metavar='CKPT',
+        help='continue training: with no value, from the latest checkpoint in the work dir (its '
+        'last_checkpoint file; a fresh start when there is none); with a path, from that checkpoint '
+        '(model, optimizer, schedulers, epoch/iteration and logs)')
+    parser.add_argument(
+        '--overwrite', action='store_true',
+        help='train from scratch in a work dir that already holds checkpoints. mmengine writes new '
+        'time-stamped log folders next to the old ones, but checkpoints of the same name (epoch_N.pth, '
+        'iter_N.pth, best_*.pth, last_checkpoint) are replaced as the new run saves them')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help="automatic mixed precision: turn the config's OptimWrapper into an AmpOptimWrapper with "
+        "loss_scale='dynamic' (needs a GPU; mmengine refuses AMP on the CPU)")
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help="enable the config's auto_scale_lr: scale the learning rate by the actual total batch size "
+        'over auto_scale_lr.base_batch_size')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config entries, e.g. train_cfg.max_epochs=3 optim_wrapper.optimizer.lr=1e-3; '
+        'lists as key="[a,b]" or key=a,b, nested as key="[(a,b),(c,d)]", quoted and without spaces. '
+        'Applied before the flags above')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher (tools/dist_train.sh and tools/slurm_train.sh set it)')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank (older releases)
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def _is_remote(path):
+    return '://' in str(path)
+
+
+def _switch_to_amp(cfg):
+    optim_wrapper = cfg.get('optim_wrapper')
+    if not optim_wrapper:
+        fail("--amp switches the config's optim_wrapper to an AmpOptimWrapper, but the config has no "
+             'optim_wrapper')
+    wrapper_type = optim_wrapper.get('type', 'OptimWrapper')
+    name = wrapper_type if isinstance(wrapper_type, str) else getattr(wrapper_type, '__name__', '')
+    name = name.split('.')[-1]  # 'mmengine.OptimWrapper' -> 'OptimWrapper'
+    if name == 'AmpOptimWrapper':
+        fail("the config's optim_wrapper already is an AmpOptimWrapper: drop --amp")
+    if name != 'OptimWrapper' or 'optimizer' not in optim_wrapper:
+        what = f'type {name or wrapper_type!r}' if 'optimizer' in optim_wrapper else 'several optimizers'
+        fail("--amp only converts a plain OptimWrapper with one optimizer; the config's optim_wrapper has "
+             f'{what}: set up mixed precision in the config instead')
+    optim_wrapper.type = 'AmpOptimWrapper'
+    optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def merge_args(cfg, args):
+    """Apply the command line to the loaded config ``cfg`` (in place) and return it.
+
+    ``--cfg-options`` is merged first, as if the config file said so; the flags are applied on top.
+    """
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+
+    cfg.launcher = args.launcher
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif not cfg.get('work_dir'):
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        _switch_to_amp(cfg)
+
+    if args.auto_scale_lr:
+        auto_scale_lr = cfg.get('auto_scale_lr')
+        if not auto_scale_lr:
+            fail('--auto-scale-lr needs an auto_scale_lr entry in the config, e.g. '
+                 'auto_scale_lr = dict(base_batch_size=256); this config has none')
+        if 'base_batch_size' not in auto_scale_lr:
+            fail("--auto-scale-lr: the config's auto_scale_lr has no base_batch_size (the total batch size "
+                 'its learning rate was set for)')
+        auto_scale_lr.enable = True
+
+    if args.resume is not None and args.overwrite:
+        fail('--resume continues the run in the work dir and --overwrite starts a new one: pass only one')
+    if args.overwrite:
+        cfg.resume = False  # start again, even where the config says resume=True
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not _is_remote(args.resume) and not osp.isfile(args.resume):
+            fail(f'--resume: checkpoint not found: {args.resume}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def checkpoint_dirs(cfg):
+    """The local folders the run saves checkpoints into: the work dir, and the CheckpointHook's out_dir."""
+    work_dir = cfg.work_dir
+    dirs = [work_dir]
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
+    out_dir = hook.get('out_dir')
+    if out_dir and not _is_remote(out_dir):
+        # CheckpointHook saves into <out_dir>/<work dir's last component>
+        dirs.append(osp.join(out_dir, osp.basename(work_dir.rstrip(osp.sep))))
+    return dirs
+
+
+def existing_checkpoints(cfg):
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
+    extensions = {'.pth', osp.splitext(hook.get('filename_tmpl') or '')[1]} - {''}
+    found = []
+    for folder in checkpoint_dirs(cfg):
+        if _is_remote(folder) or not osp.isdir(folder):
+            continue
+        for ext in sorted(extensions):
+            found.extend(sorted(glob.glob(osp.join(glob.escape(folder), '*' + ext))))
+    return found
+
+
+def guard_work_dir(cfg, args):
+    """Refuse to start a new run over checkpoints that are already there, unless told to."""
+    if cfg.get('resume'):  # --resume, or resume=True in the config: the run continues, nothing is lost
+        return
+    found = existing_checkpoints(cfg)
+    if not found:
+        return
+    names = ', '.join(osp.basename(f) for f in found[:5]) + (', ...' if len(found) > 5 else '')
+    folder = osp.dirname(found[0])
+    if osp.abspath(folder) == osp.abspath(cfg.work_dir):
+        where = f'the work dir {folder}'
+    else:
+        where = f"the CheckpointHook's folder {folder}"
+    if args.overwrite:
+        print(f'{PROG}: --overwrite: starting a new run in {where}, which holds {len(found)} checkpoint(s) '
+              f'({names}); those with the names of the new checkpoints will be replaced', file=sys.stderr)
+        return
+    fail(f'{where} already holds {len(found)} checkpoint(s) ({names}). Pass --resume to continue that '
+         'run from its latest checkpoint, --overwrite to start again (checkpoints of the same name get '
+         'replaced), or another --work-dir.')
+
+
+def _accelerator_available():
+    from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
+    return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
+
+
+def _import_mmkat():
+    try:
+        import mmkat  # noqa: F401  (registers KAT and its layers)
+    except ImportError:
+        sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+        import mmkat  # noqa: F401
+
+
+def build_runner(cfg):
+    """Build the runner the config asks for (``runner_type``, default ``Runner``) via its ``from_cfg``."""
+    from mmengine.registry import RUNNERS, init_default_scope
+
+    if cfg.get('default_scope'):
+        # look runner_type up in the config's scope (e.g. a runner registered in mmdet.registry.RUNNERS)
+        init_default_scope(cfg.default_scope)
+    return RUNNERS.build(cfg)  # calls <runner class>.from_cfg(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.config):
+        fail(f'config file not found: {args.config}')
+
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    cfg = merge_args(cfg, args)
+    guard_work_dir(cfg, args)
+    if args.amp and not _accelerator_available():
+        fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
+             'to train on the CPU. Drop --amp to train in fp32.')
+
+    _import_mmkat()
+    from mmkat.engine import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()  # resuming reads mmengine's own checkpoints with weights_only=True
+
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
