@@ -493,24 +493,28 @@ def test_variance_preserving_init_preserves_the_second_moment():
 # ----------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
-def test_cuda_backbone_matches_the_reference_op(dtype):
+def test_cuda_backbone_matches_the_reference_op():
+    """fp32: the compiled op and the reference give the same network; bf16 autocast: the compiled op is
+    as close to the fp32 network as the reference op is (bf16 rounding differs, so compare the errors)."""
     torch.manual_seed(0)
     sd = released_like_state_dict()
-    compiled = small_kat(rational=dict(impl='compiled')).cuda()
-    reference = small_kat(rational=dict(impl='reference')).cuda()
-    for m in (compiled, reference):
-        m.load_pretrained(sd)
-    x = torch.randn(4, 3, 32, 32, device='cuda')
-    outs = []
-    for m in (compiled, reference):
+    x = torch.randn(8, 3, 32, 32, device='cuda')
+
+    def run(impl, dtype):
+        model = small_kat(rational=dict(impl=impl)).cuda()
+        model.load_pretrained(sd)
         with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-            y = m(x)[0]
+            y = model(x)[0]
         y.float().pow(2).sum().backward()
-        outs.append((y.float(), {k: p.grad.float() for k, p in m.named_parameters()}))
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
-    torch.testing.assert_close(outs[0][0], outs[1][0], **tol)
-    for k in outs[0][1]:
-        if re.search(r'act[12]', k):
-            torch.testing.assert_close(outs[0][1][k], outs[1][1][k], rtol=tol['rtol'] * 5, atol=tol['atol'] * 5,
-                                       msg=k)
+        grads = {k: p.grad.float() for k, p in model.named_parameters() if re.search(r'act[12]', k)}
+        return y.float(), grads
+
+    truth, truth_grads = run('reference', torch.float32)
+    out, grads = run('compiled', torch.float32)
+    torch.testing.assert_close(out, truth, rtol=1e-4, atol=1e-4)
+    for k in truth_grads:
+        torch.testing.assert_close(grads[k], truth_grads[k], rtol=1e-3, atol=1e-3, msg=k)
+    ref16, _ = run('reference', torch.bfloat16)
+    out16, _ = run('compiled', torch.bfloat16)
+    err_ref, err_out = (ref16 - truth).abs().mean().item(), (out16 - truth).abs().mean().item()
+    assert err_out <= 1.5 * err_ref + 1e-3, (err_out, err_ref)
