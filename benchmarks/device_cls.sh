@@ -30,11 +30,12 @@ tail -3 "$OUT/pytest_cuda.log"
 [ -n "${SKIP_BENCH:-}" ] || python3 tools/benchmark_train.py --archs tiny small base --batch-size 128 --timm \
   --out "$OUT/train_h200.json" 2>&1 | grep -v -i warn | tee "$OUT/benchmark_train.log"
 
-logs=/tmp/fmnist_logs && mkdir -p $logs
+stamp=$(date +%s)  # fresh work dirs: tools/train.py refuses to train over earlier checkpoints
+logs=/tmp/fmnist_logs_$stamp && mkdir -p $logs
 for model in kat vit; do
   ( start=$(date +%s)
     timeout "$TRAIN_LIMIT" python3 tools/train.py configs/kat/fashion_mnist/${model}_t_fmnist.py --amp \
-      --work-dir /tmp/wd_$model --cfg-options optim_wrapper.dtype=bfloat16 train_cfg.max_epochs=$EPOCHS \
+      --work-dir /tmp/wd_${model}_$stamp --cfg-options optim_wrapper.dtype=bfloat16 train_cfg.max_epochs=$EPOCHS \
       > $logs/${model}_train.log 2>&1
     echo "rc=$? wall_s=$(( $(date +%s) - start ))" > $logs/${model}_done.txt ) &
 done
@@ -42,9 +43,9 @@ wait
 for model in kat vit; do
   echo "== $model: $(cat $logs/${model}_done.txt)"
   grep -E "Epoch\(val\)" $logs/${model}_train.log | tail -3
-  cp /tmp/wd_$model/*/vis_data/scalars.json $logs/${model}_scalars.json 2>/dev/null
+  cp /tmp/wd_${model}_$stamp/*/vis_data/scalars.json $logs/${model}_scalars.json 2>/dev/null
 done
-best=$(ls /tmp/wd_kat/best_*.pth 2>/dev/null | head -1)
+best=$(ls /tmp/wd_kat_$stamp/best_*.pth 2>/dev/null | head -1)
 if [ -n "$best" ]; then
   python3 - "$best" "$OUT/kat_t_fmnist_rationals.pth" <<'PY'
 import sys, torch

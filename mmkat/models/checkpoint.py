@@ -92,3 +92,30 @@ def classifier_state_dict(checkpoint: dict, prefer_ema: bool = False) -> Optiona
     if 'head.weight' in state_dict and 'head.bias' in state_dict:
         return {'weight': state_dict['head.weight'], 'bias': state_dict['head.bias']}
     return None
+
+
+TASKS = ('cls', 'det', 'seg')
+
+
+def to_openmmlab_checkpoint(checkpoint: dict, task: str, prefer_ema: bool = False, source: str = '') -> dict:
+    """A full OpenMMLab model checkpoint (``{'state_dict': ..., 'meta': ...}``) from a released KAT / timm ViT
+    checkpoint: the backbone under 'backbone.', and for ``task='cls'`` the released classifier as
+    mmpretrain's LinearClsHead ('head.fc.weight', 'head.fc.bias'). Detection and segmentation models get the
+    backbone only (their heads are trained); the position embedding keeps its 224 px grid and is resized
+    when the model loads it."""
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    backbone, report = backbone_state_dict(checkpoint, prefer_ema)
+    state_dict = {'backbone.' + k: v.clone() for k, v in backbone.items()}
+    if task == 'cls':
+        head = classifier_state_dict(checkpoint, prefer_ema)
+        if head is None:
+            raise ValueError("task='cls' needs the released classifier ('head.weight', 'head.bias'), which this "
+                             "checkpoint lacks; use task='det' or 'seg' for a backbone-only file")
+        state_dict['head.fc.weight'] = head['weight'].clone()
+        state_dict['head.fc.bias'] = head['bias'].clone()
+    blocks = {int(k.split('.')[1]) for k in backbone if k.startswith('blocks.')}
+    meta = dict(converted_by='mmkat tools/convert_checkpoint.py', source=source, task=task,
+                kind=report['kind'][0], found_in=report['source'][0], embed_dims=int(backbone['cls_token'].shape[-1])
+                if 'cls_token' in backbone else None, num_layers=len(blocks))
+    return dict(state_dict=state_dict, meta=meta)
