@@ -17,6 +17,10 @@ fi
 CONFIG=$1
 GPUS=$2
 shift 2
+# tools/dist_test.sh reuses this launcher with MMKAT_DIST_ENTRY=test.py and the checkpoint as the 3rd argument
+ENTRY=${MMKAT_DIST_ENTRY:-train.py}
+POSITIONAL=("$CONFIG")
+if [ "$ENTRY" = test.py ]; then POSITIONAL+=("$1"); shift; fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -30,4 +34,4 @@ exec "$PYTHON" -m torch.distributed.run \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" \
     --master_port="${PORT:-29500}" \
     --nproc_per_node="$GPUS" \
-    "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "$@"
+    "$ROOT/tools/$ENTRY" "${POSITIONAL[@]}" --launcher pytorch "$@"

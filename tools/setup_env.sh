@@ -7,7 +7,8 @@
 #   torch + torchvision, ninja, pytest, "setuptools<81" (mmengine resolves `mmdet::` config bases with
 #   pkg_resources at run time), mmengine 0.10.7, mmcv 2.1.0 built from source WITH its ops (PyPI has no
 #   wheel for modern torch; the build is cached, see below), mmdet 3.3.0, mmsegmentation 1.2.2,
-#   mmpretrain 1.2.0, pycocotools, ftfy and regex (imported by mmseg without being declared),
+#   mmpretrain 1.2.0, pycocotools, ftfy and regex (imported by mmseg without being declared), timm (the
+#   tests compare KAT with timm's ViT holding the same weights),
 #   and finally mmkat itself in editable mode, which compiles mmkat._C (C++ always, CUDA when a toolkit
 #   is found, even without a visible GPU).
 #
@@ -126,7 +127,7 @@ fi
 
 # ------------------------------------------------------------------ the OpenMMLab stack and friends
 MM_REQS=("mmengine==0.10.7" "mmcv==$MMCV_VERSION" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0"
-         "pycocotools" "ftfy" "regex" "matplotlib" "numpy<2")
+         "pycocotools" "ftfy" "regex" "matplotlib" "numpy<2" "timm==1.0.22")
 if satisfied "${MM_REQS[@]}"; then
   say "mmengine, mmdet, mmsegmentation, mmpretrain already installed"
 else

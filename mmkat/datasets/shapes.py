@@ -86,4 +86,4 @@ class KATDemoShapes(BaseDataset):
 
     def get_gt_labels(self) -> np.ndarray:
         """Labels of every item, as mmpretrain's datasets provide them."""
-        return np.array([item['gt_label'] for item in self.data_list])
+        return np.array([self.get_data_info(i)['gt_label'] for i in range(len(self))], dtype=np.int64)
