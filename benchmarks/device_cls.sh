@@ -5,23 +5,9 @@
 # Carried: .whl (OpenMMLab wheels incl. mmcv-lite) and .device/fmnist (Debian's dataset-fashion-mnist files).
 #   bash benchmarks/device_cls.sh            (results under $OUT, or work_dirs/device)
 set -uo pipefail
-OUT=${OUT:-work_dirs/device}
-mkdir -p "$OUT"
 EPOCHS=${EPOCHS:-30}
 TRAIN_LIMIT=${TRAIN_LIMIT:-400}
-export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1  # mmkat is built in place
-# mmpretrain 1.2.0 imports its BLIP models when it sees transformers >= 4.28; with the machine's transformers 5
-# that import fails (PreTrainedModel changed) and mmpretrain's registry never loads. Shadow transformers' version
-# for mmpretrain's check only (an empty dist-info that sorts first on the path); transformers itself is untouched.
-mkdir -p /tmp/site/transformers-0.0.0.dist-info
-printf 'Metadata-Version: 2.1\nName: transformers\nVersion: 0.0.0\n' > /tmp/site/transformers-0.0.0.dist-info/METADATA
-python3 -c 'import mmpretrain.registry, mmpretrain.models' > /tmp/import.log 2>&1 || { tail -5 /tmp/import.log; exit 1; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-t0=$(date +%s)
-python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - t0 )) s"
+source benchmarks/device_env.sh
 python3 tools/data/fashion_mnist.py --src .device/fmnist --out data/fashion_mnist | tail -3 || exit 1
 
 [ -n "${SKIP_TESTS:-}" ] || python3 -m pytest -q tests/test_ops/test_group_rational_cuda.py tests/test_models -m cuda > "$OUT/pytest_cuda.log" 2>&1

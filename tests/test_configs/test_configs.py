@@ -411,17 +411,18 @@ class Job(threading.Thread):
         self.commands = [[str(a) for a in command] for command in commands]
         self.cwd, self.log_prefix = str(cwd), str(log_prefix)
         self.results = [(None, 'not run: an earlier step failed')] * len(commands)
-        self.proc, self.stopped = None, False
+        self.proc, self.stopped, self.lock = None, False, threading.Lock()
         self.start()
 
     def run(self):
         for i, command in enumerate(self.commands):
             log_path = f'{self.log_prefix}.{i}.log'
             with open(log_path, 'w') as log:
-                if self.stopped:
-                    return
-                self.proc = subprocess.Popen(command, cwd=self.cwd, env=subprocess_env(), stdout=log,
-                                             stderr=subprocess.STDOUT)
+                with self.lock:
+                    if self.stopped:
+                        return
+                    self.proc = subprocess.Popen(command, cwd=self.cwd, env=subprocess_env(), stdout=log,
+                                                 stderr=subprocess.STDOUT)
                 rc = self.proc.wait()
             with open(log_path) as log:
                 self.results[i] = (rc, log.read())
@@ -435,9 +436,10 @@ class Job(threading.Thread):
         return self.results[step]
 
     def stop(self):
-        self.stopped = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        with self.lock:
+            self.stopped = True
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
         self.join(60)
 
 
