@@ -3,7 +3,7 @@
 #   python tools/train.py configs/kat/fashion_mnist/kat_mini_fmnist.py
 _base_ = ['./kat_t_fmnist.py']
 
-max_epochs = 6
+max_epochs = 4
 model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=64, num_layers=4, num_heads=2), drop_path_rate=0.05),
              head=dict(in_channels=64))
 train_dataloader = dict(batch_size=128, num_workers=1, persistent_workers=True)
