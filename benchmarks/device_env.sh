@@ -1,5 +1,12 @@
 # Sourced by the benchmarks/device_*.sh scripts on the lent GPU machine (repository root, python3 with torch):
 # installs the carried OpenMMLab wheels (.whl) into /tmp/site and builds mmkat._C in place with CUDA.
+# Making .whl here (the GPU machine has no package index):
+#   PYTHON=.venv/bin/python bash ../shared/tools/gpu_wheels.sh .whl      # the OpenMMLab set for Python 3.12
+#   R=$PWD; (cd /tmp && tar xzf $R/.whl/mmcv-2.1.0.tar.gz && cd mmcv-2.1.0 && \
+#     MMCV_WITH_OPS=0 $R/.venv/bin/pip wheel --no-deps --no-build-isolation . -w $R/.whl)    # mmcv-lite
+#   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl importlib_metadata==8.7.0 model-index    # mmpretrain's imports
+# (classification needs no mmcv ops; detection/segmentation need mmcv built with CUDA ops there.)
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 OUT=${OUT:-work_dirs/device}
 mkdir -p "$OUT"
