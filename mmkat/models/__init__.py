@@ -1,4 +1,5 @@
 from .backbones import KAT
 from .layers import GroupRational
+from .necks import KATSimpleFPN
 
-__all__ = ['KAT', 'GroupRational']
+__all__ = ['KAT', 'GroupRational', 'KATSimpleFPN']

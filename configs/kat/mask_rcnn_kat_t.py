@@ -1,0 +1,10 @@
+# KAT-T Mask R-CNN on COCO: the recipe of mask_rcnn_kat_b.py with the tiny backbone.
+#   python tools/train.py configs/kat/mask_rcnn_kat_t.py
+_base_ = ['./mask_rcnn_kat_b.py']
+
+pretrained = 'checkpoints/kat_tiny_patch16_224.pth'
+embed_dims = 192
+model = dict(
+    backbone=dict(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(backbone_channel=embed_dims, in_channels=[embed_dims // 4, embed_dims // 2, embed_dims, embed_dims]),
+)
