@@ -84,7 +84,10 @@ def main(argv=None):
     cfg.resume = False
 
     _import_mmkat()
-    from mmkat.engine import allow_mmengine_checkpoints
+    from mmkat.engine import allow_mmengine_checkpoints, missing_data
+    missing = missing_data(cfg, ('test_dataloader', ))
+    if missing:
+        fail('the data this config tests on is not there:\n  ' + '\n  '.join(missing))
     allow_mmengine_checkpoints()  # training checkpoints of mmengine load with weights_only=True
 
     from mmengine.evaluator import DumpResults

@@ -219,7 +219,11 @@ def main(argv=None):
              'to train on the CPU. Drop --amp to train in fp32.')
 
     _import_mmkat()
-    from mmkat.engine import allow_mmengine_checkpoints
+    from mmkat.engine import allow_mmengine_checkpoints, missing_data
+    loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
+    missing = missing_data(cfg, loaders)
+    if missing:
+        fail('the data this config trains on is not there:\n  ' + '\n  '.join(missing))
     allow_mmengine_checkpoints()  # resuming reads mmengine's own checkpoints with weights_only=True
 
     runner = build_runner(cfg)

@@ -1,5 +1,7 @@
-"""Training and testing helpers for the tools (no models are registered here)."""
+"""Training and testing helpers: the trusted-checkpoint allowlist, the data check of the tools, and the
+layer-decay optimizer-wrapper constructor (registered on mmengine's root registry)."""
 from .checkpoint import allow_mmengine_checkpoints
+from .data_check import missing_data
 from .optimizers import KATLayerDecayOptimWrapperConstructor
 
-__all__ = ['allow_mmengine_checkpoints', 'KATLayerDecayOptimWrapperConstructor']
+__all__ = ['allow_mmengine_checkpoints', 'missing_data', 'KATLayerDecayOptimWrapperConstructor']
