@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmkat.ops import get_preset
+from mmkat.ops import get_preset, group_rational_reference
 
 # Mimetic attention init as released: W_q W_k^T ~ a1 Z + b1 I per head, W_v^T W_proj^T from a1 = b1 = 0.4
 # with a negative identity (Trockman & Kolter, 2023, "Mimetic initialization of self-attention layers").
@@ -65,10 +65,9 @@ def rational_second_moment(init: Union[str, dict]) -> float:
     quadrature; for the identity it is exactly 1."""
     num, den = get_preset(init)
     x, w = _gauss_hermite()
-    p = np.polyval(num[::-1], x)
-    ax = np.abs(x)
-    q = 1.0 + sum(abs(b) * ax ** (j + 1) for j, b in enumerate(den))
-    return float(np.sum(w * (p / q) ** 2))
+    f = group_rational_reference(torch.from_numpy(x).unsqueeze(1), torch.tensor([num], dtype=torch.float64),
+                                 torch.tensor([den], dtype=torch.float64), 1)
+    return float(np.sum(w * f.squeeze(1).numpy() ** 2))
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from torch import nn
 
 from mmkat.ops import IMPLEMENTATIONS
 from ..checkpoint import backbone_state_dict, load_state_dict_file
+from ..layers.attention import resize_relative_table
 from ..layers.block import KATBlock
 from ..layers.group_rational import GroupRational
 from ..weight_init import mimetic_attention_init_, variance_preserving_init_, vit_linear_init_
@@ -113,8 +114,9 @@ class KAT(BaseModule):
         self.num_layers = self.arch_settings['num_layers']
         self.num_heads = self.arch_settings['num_heads']
         self.img_size = _pair(img_size, 'img_size')
-        self.patch_size = _pair(patch_size, 'patch_size')[0]
-        if _pair(patch_size, 'patch_size')[1] != self.patch_size:
+        patch_h, patch_w = _pair(patch_size, 'patch_size')
+        self.patch_size = patch_h
+        if patch_w != patch_h:
             raise ValueError(f'KAT: only square patches are supported, got patch_size={patch_size!r}')
         self.patch_grid = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
         if min(self.patch_grid) < 1:
@@ -334,9 +336,7 @@ class KAT(BaseModule):
             if '.rel_pos_' in name and prefix + name in state_dict:
                 table = state_dict[prefix + name]
                 if table.shape != tensor.shape and table.dim() == 2 and table.shape[1] == tensor.shape[1]:
-                    state_dict[prefix + name] = F.interpolate(
-                        table.t().unsqueeze(0).float(), size=tensor.shape[0], mode='linear',
-                        align_corners=False).squeeze(0).t().to(table.dtype)
+                    state_dict[prefix + name] = resize_relative_table(table, tensor.shape[0])
 
     def resize_pos_embed(self, grid_embed: torch.Tensor, old: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
         """[1, old_h * old_w, C] -> [1, new_h * new_w, C] by ``interpolate_mode`` interpolation."""

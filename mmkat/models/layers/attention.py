@@ -11,16 +11,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def resize_relative_table(table: torch.Tensor, length: int) -> torch.Tensor:
+    """A relative-position table [L, head_dim] linearly interpolated to [length, head_dim]."""
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode='linear', align_corners=False)
+    return resized.squeeze(0).t().to(table.dtype)
+
+
 def relative_position_table(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:
     """Rows of ``table`` [2 * L - 1, head_dim] for every (query, key) pair along one axis: [q_len, k_len, head_dim].
 
     The table is resized (linear interpolation) when the axis lengths differ from the ones it was made
     for; query and key coordinates are scaled to the longer axis, as in MViTv2 / ViTDet.
     """
-    span = 2 * max(q_len, k_len) - 1
-    if table.shape[0] != span:
-        table = F.interpolate(table.t().unsqueeze(0), size=span, mode='linear', align_corners=False)
-        table = table.squeeze(0).t()
+    table = resize_relative_table(table, 2 * max(q_len, k_len) - 1)
     q_scale, k_scale = max(k_len / q_len, 1.0), max(q_len / k_len, 1.0)
     q_pos = torch.arange(q_len, device=table.device).unsqueeze(1) * q_scale
     k_pos = torch.arange(k_len, device=table.device).unsqueeze(0) * k_scale
