@@ -7,6 +7,10 @@
 #   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .whl importlib_metadata==8.7.0 model-index    # mmpretrain's imports
 # (classification needs no mmcv ops; detection/segmentation need mmcv built with CUDA ops there.)
+# MMCV_OPS=1: also provide mmcv 2.1.0 with its CUDA ops (RoIAlign, NMS, ...; mmdet and mmseg import them), ahead of
+# the mmcv-lite wheel on PYTHONPATH: unpacked from a carried build (.whl/mmcv_ops_*.tgz.part-*, made by an earlier
+# run: the parts of $OUT/mmcv_ops_<torch>_sm<arch>.tgz.part-*), else built from .whl/mmcv-2.1.0.tar.gz in the
+# background while mmkat builds (~5 min on 16 cores), and then packed into $OUT in parts of 15 MB for later runs.
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 OUT=${OUT:-work_dirs/device}
 mkdir -p "$OUT"
@@ -21,5 +25,27 @@ printf 'Metadata-Version: 2.1\nName: transformers\nVersion: 0.0.0\n' > /tmp/site
 python3 -c 'import mmpretrain.registry, mmpretrain.models' > /tmp/import.log 2>&1 || { tail -5 /tmp/import.log; exit 1; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 t0=$(date +%s)
+MMCV_DIR=/tmp/mmcv-2.1.0
+mmcv_key=mmcv_ops_$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')_sm${TORCH_CUDA_ARCH_LIST//./}
+mmcv_pid=
+if [ -n "${MMCV_OPS:-}" ]; then
+  mkdir -p $MMCV_DIR
+  if ls .whl/${mmcv_key}.tgz.part-* > /dev/null 2>&1; then
+    cat .whl/${mmcv_key}.tgz.part-* | tar xzf - -C $MMCV_DIR && echo "mmcv ops: unpacked the carried $mmcv_key"
+  else
+    ( tar xzf .whl/mmcv-2.1.0.tar.gz -C /tmp && cd $MMCV_DIR && sed -i 's/-std=c++17/-std=c++20/g' setup.py &&
+      MMCV_WITH_OPS=1 FORCE_CUDA=1 python3 setup.py build_ext --inplace > /tmp/mmcv_build.log 2>&1 ) &
+    mmcv_pid=$!
+  fi
+fi
 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
+if [ -n "$mmcv_pid" ]; then
+  wait $mmcv_pid || { tail -30 /tmp/mmcv_build.log; exit 1; }
+  echo "mmcv ops build: $(( $(date +%s) - t0 )) s"
+  tar czf - -C $MMCV_DIR mmcv | split -b 15m - "$OUT/${mmcv_key}.tgz.part-"
+fi
+if [ -n "${MMCV_OPS:-}" ]; then
+  export PYTHONPATH=$MMCV_DIR:$PYTHONPATH
+  python3 -c 'import mmcv, mmcv.ops, torch; from mmcv.ops import nms; print("mmcv", mmcv.__version__, "ops ok")' || exit 1
+fi

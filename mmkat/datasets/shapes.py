@@ -13,31 +13,35 @@ SHAPES = ('disc', 'ring', 'square', 'frame', 'triangle', 'cross', 'bars', 'diago
 _SPLIT_SEEDS = {'train': 0, 'val': 1, 'test': 2}
 
 
+def shape_mask(name: str, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Boolean mask of shape ``name`` on coordinates (dy, dx) measured from its centre in units of its radius."""
+    dist = np.sqrt(dy ** 2 + dx ** 2)
+    box = np.maximum(np.abs(dy), np.abs(dx))
+    if name == 'disc':
+        return dist <= 1
+    if name == 'ring':
+        return (dist <= 1) & (dist >= 0.6)
+    if name == 'square':
+        return box <= 0.85
+    if name == 'frame':
+        return (box <= 0.9) & (box >= 0.55)
+    if name == 'triangle':
+        return (dy <= 0.8) & (dy >= 1.6 * np.abs(dx) - 0.8)
+    if name == 'cross':
+        return ((np.abs(dy) <= 0.25) | (np.abs(dx) <= 0.25)) & (box <= 1)
+    if name == 'bars':
+        return (np.floor((dy + 1) * 2.5) % 2 == 0) & (box <= 1)
+    if name == 'diagonal':
+        return (np.floor((dy + dx + 2) * 2) % 2 == 0) & (box <= 1)
+    raise ValueError(f'shape_mask: unknown shape {name!r}; expected one of {SHAPES}')
+
+
 def draw_shape(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """One HxWx3 uint8 image of shape ``SHAPES[label]`` with random position, scale, colour and noise."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     radius = rng.uniform(0.22, 0.38) * size
     cy, cx = rng.uniform(radius, size - radius, size=2)
-    dy, dx = (yy - cy) / radius, (xx - cx) / radius
-    dist = np.sqrt(dy ** 2 + dx ** 2)
-    box = np.maximum(np.abs(dy), np.abs(dx))
-    name = SHAPES[label]
-    if name == 'disc':
-        mask = dist <= 1
-    elif name == 'ring':
-        mask = (dist <= 1) & (dist >= 0.6)
-    elif name == 'square':
-        mask = box <= 0.85
-    elif name == 'frame':
-        mask = (box <= 0.9) & (box >= 0.55)
-    elif name == 'triangle':
-        mask = (dy <= 0.8) & (dy >= 1.6 * np.abs(dx) - 0.8)
-    elif name == 'cross':
-        mask = ((np.abs(dy) <= 0.25) | (np.abs(dx) <= 0.25)) & (box <= 1)
-    elif name == 'bars':
-        mask = (np.floor((dy + 1) * 2.5) % 2 == 0) & (box <= 1)
-    else:  # diagonal stripes
-        mask = (np.floor((dy + dx + 2) * 2) % 2 == 0) & (box <= 1)
+    mask = shape_mask(SHAPES[label], (yy - cy) / radius, (xx - cx) / radius)
     background = rng.uniform(0, 110, size=3)
     foreground = rng.uniform(120, 255, size=3)
     image = np.where(mask[..., None], foreground, background)

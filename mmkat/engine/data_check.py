@@ -34,8 +34,12 @@ def _datasets(cfg, key: str) -> Iterator[Tuple[str, dict]]:
 
 def missing_data(cfg, loaders=('train_dataloader', 'val_dataloader')) -> List[str]:
     """One message per dataset of ``loaders`` whose data_root or annotation file does not exist (remote paths
-    are not checked), with where it is expected and how to get it."""
+    are not checked), with where it is expected and how to get it.
+
+    The hint comes from the config's top-level ``data_hint`` string when it has one (``{root}`` is replaced by
+    the dataset's data_root), else from :data:`HINTS` by dataset type."""
     messages = []
+    config_hint = cfg.get('data_hint')
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg or 'dataset' not in loader_cfg:
@@ -51,8 +55,8 @@ def missing_data(cfg, loaders=('train_dataloader', 'val_dataloader')) -> List[st
                 continue
             kind = dataset.get('type', '?')
             kind = kind if isinstance(kind, str) else getattr(kind, '__name__', '?')
-            hint = HINTS.get(kind, 'put the data there or point data_root at it with --cfg-options').format(
-                root=root or '.')
+            hint = config_hint or HINTS.get(kind, 'put the data there or point data_root at it with --cfg-options')
+            hint = hint.format(root=root or '.')
             messages.append(f'{loader}: {kind} expects {missing!r}, which does not exist. {hint}. Data elsewhere: '
                             f'--cfg-options {key}.data_root=PATH')
     return messages
