@@ -68,3 +68,23 @@ def test_without_the_data_the_tools_say_how_to_draw_it(tmp_path):
     assert rc == 1 and 'Traceback' not in log
     assert "expects 'data/kat_demo_scenes/'" in log and 'python tools/data/make_demo_scenes.py --out' in log, log
     assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_benchmark_config_times_both_variants_of_the_demo_detector(tmp_path):
+    import json
+    out = tmp_path / 'bench.json'
+    rc, log = run(osp.join(ROOT, 'tools', 'benchmark_config.py'), CONFIG, '--batch-size', 1, '--steps', 1,
+                  '--warmup', 1, '--size', 128, 128, '--out', out, cwd=tmp_path)
+    assert rc == 0, log[-3000:]
+    result = json.loads(out.read_text())
+    assert result['meta']['task'] == 'det' and result['meta']['size'] == [128, 128]
+    rows = {row['variant']: row for row in result['rows']}
+    assert set(rows) == {'kat', 'gelu'}
+    assert rows['kat']['backbone_params_m'] == pytest.approx(rows['gelu']['backbone_params_m'], rel=0.01)
+    for row in rows.values():
+        assert row['iters_per_s'] > 0 and row['final_loss'] == row['final_loss'] and row['final_loss'] > 0
+    assert '| KAT (group-rational KAN) |' in log and '| ViT (GELU MLP) |' in log
+    rc, log = run(osp.join(ROOT, 'tools', 'benchmark_config.py'), CONFIG, '--batch-size', 1, '--steps', 1,
+                  '--warmup', 0, '--size', 128, 128, '--variants', 'gelu', '--out', out, cwd=tmp_path)
+    assert rc == 0 and 'exists: keeping it' in log  # an earlier result is never overwritten
