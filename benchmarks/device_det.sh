@@ -16,7 +16,7 @@ logs=/tmp/det_logs_$(date +%s) && mkdir -p $logs
 [ -n "${SKIP_BENCH:-}" ] || python3 tools/benchmark_config.py configs/kat/mask_rcnn_kat_s.py --batch-size $BATCH --steps 20 --warmup 5 \
   --out "$OUT/mask_rcnn_kat_s_h200.json" 2>&1 | grep -E "it/s|^\||^mask_rcnn|wrote|Error|error" | tee $logs/benchmark_det.log
 
-python3 tools/data/make_demo_scenes.py --out /tmp/kat_demo_scenes || exit 1
+[ -d /tmp/kat_demo_scenes/annotations ] || python3 tools/data/make_demo_scenes.py --out /tmp/kat_demo_scenes || exit 1
 stamp=$(date +%s)  # a fresh work dir: tools/train.py refuses to train over earlier checkpoints
 start=$(date +%s)
 timeout "$DEMO_LIMIT" python3 tools/train.py configs/kat/demo/mask_rcnn_kat_demo.py --work-dir /tmp/wd_det_$stamp \

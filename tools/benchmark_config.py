@@ -94,6 +94,8 @@ def run_variant(cfg, variant: str, task: str, size, batch: int, steps: int, warm
     backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     model.init_weights()
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model)  # one process, as mmengine's Runner does when not distributed
     model.to(device).train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     generator = torch.Generator().manual_seed(0)
