@@ -89,6 +89,8 @@ def test_mask_rcnn_with_a_tiny_kat_runs_loss_and_predict_on_cpu(path):
     total.backward()
     assert model.backbone.blocks[0].mlp.act1.weight_denominator.grad.abs().sum() > 0
     assert model.backbone.blocks[0].attn.rel_pos_h.grad is not None
+    # DistributedDataParallel (tools/dist_train.sh) stops on a trainable parameter without a gradient
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     model.eval()
     with torch.no_grad():
         data = model.data_preprocessor(dict(inputs=[inputs[0] * 50 + 100], data_samples=samples), training=False)

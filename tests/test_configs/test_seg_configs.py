@@ -115,6 +115,8 @@ def test_upernet_with_a_tiny_kat_runs_loss_predict_and_slide_inference_on_cpu():
     assert torch.isfinite(loss)
     loss.backward()
     assert model.backbone.blocks[0].mlp.act1.weight_numerator.grad.abs().sum() > 0
+    # DistributedDataParallel (tools/dist_train.sh) stops on a trainable parameter without a gradient
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     model.eval()
     # a non-square image larger than the crop: 3 x 4 windows of 64 at stride 40 over 96 x 150
     data = model.data_preprocessor(seg_batch(96, 150, 150, batch=1, seed=1), training=False)

@@ -405,6 +405,24 @@ def test_a_train_step_moves_every_parameter_including_rationals():
     assert unchanged == []  # act1's zero denominators move too (sign(0) = +1)
 
 
+@pytest.mark.parametrize('options', [
+    dict(out_type='cls_token'),
+    dict(out_type='featmap', with_cls_token=True, out_indices=(0, 1, 2, 3), final_norm=False),
+    dict(out_type='featmap', with_cls_token=False, final_norm=False, window_size=2, global_attn_indexes=[1, 3],
+         use_rel_pos=True),
+], ids=['classification', 'upernet', 'vitdet'])
+def test_every_trainable_parameter_gets_a_gradient(options):
+    """DistributedDataParallel (find_unused_parameters=False, mmengine's default) stops on a trainable parameter
+    that gets no gradient: the dense settings must not leave one (the unused cls token is frozen)."""
+    model = small_kat(arch=dict(embed_dims=32, num_layers=4, num_heads=2), img_size=64, **options)
+    model.train()
+    outs = model(torch.randn(2, 3, 64, 64))
+    sum(o.float().pow(2).mean() for o in outs).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert model.cls_token.requires_grad == options.get('with_cls_token', True)
+
+
 # ----------------------------------------------------------------------------- dense-task options
 def test_window_attention_and_relative_positions():
     model = small_kat(arch=dict(embed_dims=32, num_layers=4, num_heads=2), with_cls_token=False, out_type='featmap',

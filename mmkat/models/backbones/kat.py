@@ -161,6 +161,10 @@ class KAT(BaseModule):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_channels, dims, self.patch_size, stride=self.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dims))
+        if not with_cls_token:
+            # kept so that released checkpoints load unchanged, but never used: frozen, so that
+            # DistributedDataParallel (which stops on a trainable parameter that gets no gradient) leaves it out
+            self.cls_token.requires_grad_(False)
         num_patches = self.patch_grid[0] * self.patch_grid[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_extra_tokens, dims))
         self.pos_drop = nn.Dropout(drop_rate)
