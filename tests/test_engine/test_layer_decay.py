@@ -21,7 +21,7 @@ class ToyModel(nn.Module):
     def __init__(self, **backbone_kwargs):
         super().__init__()
         self.backbone = KAT(arch=dict(embed_dims=32, num_layers=NUM_LAYERS, num_heads=2), img_size=32,
-                            patch_size=8, with_cls_token=False, out_type='featmap',
+                            patch_size=8, with_cls_token=True, out_type='featmap',
                             rational=dict(impl='reference'), **backbone_kwargs)
         self.neck = nn.Sequential(nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16))
         self.head = nn.Linear(16, 4)
