@@ -12,7 +12,6 @@ existing file is kept: the new one gets a time-stamped name).
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -196,6 +195,7 @@ def main(argv=None):
               f'{row["images_per_s"] / base["images_per_s"]:.2f} | {row.get("peak_mem_gib", float("nan")):.1f} |')
 
     from mmkat.ops import extension_info
+    from mmkat.utils import save_results
     meta = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
                 device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor(),
                 config=args.config, task=task, size=list(size), batch_size=args.batch_size, steps=args.steps,
@@ -203,15 +203,7 @@ def main(argv=None):
                 amp_dtype=str(cfg.optim_wrapper.get('dtype', '')), extension=extension_info(),
                 command=' '.join(['python', 'tools/benchmark_config.py'] + (argv or sys.argv[1:])))
     if args.out:
-        out = args.out
-        if os.path.exists(out):
-            stem, ext = os.path.splitext(out)
-            out = f'{stem}_{datetime.datetime.now():%Y%m%d_%H%M%S}{ext}'
-            print(f'{args.out} exists: keeping it, writing {out}')
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, 'w') as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1, default=str)
-        print(f'wrote {out}')
+        save_results(args.out, dict(meta=meta, rows=rows))
 
 
 if __name__ == '__main__':

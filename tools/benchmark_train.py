@@ -9,7 +9,6 @@ writes JSON (an existing file is kept: the new one gets a time-stamped name).
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmkat.models import KAT  # noqa: E402
 from mmkat.ops import extension_info  # noqa: E402
+from mmkat.utils import save_results  # noqa: E402
 
 DIMS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 
@@ -126,15 +126,7 @@ def main(argv=None):
                 batch_size=args.batch_size, dtype=args.dtype, steps=args.steps, warmup=args.warmup,
                 impl=args.impl, extension=extension_info(), command=' '.join(sys.argv))
     if args.out:
-        out = args.out
-        if os.path.exists(out):
-            stem, ext = os.path.splitext(out)
-            out = f'{stem}_{datetime.datetime.now():%Y%m%d_%H%M%S}{ext}'
-            print(f'{args.out} exists: keeping it, writing {out}')
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, 'w') as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1, default=str)
-        print(f'wrote {out}')
+        save_results(args.out, dict(meta=meta, rows=rows))
 
 
 if __name__ == '__main__':

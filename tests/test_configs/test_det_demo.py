@@ -20,12 +20,16 @@ def run(*args, cwd):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def data_options(root):
+def data_options(root, coco_metric=True):
+    """--cfg-options that point a demo config's loaders (and, with ``coco_metric``, its CocoMetric's annotation
+    file) at the scene set under ``root``."""
     root = str(root).rstrip('/') + '/'
-    return ['train_dataloader.dataset.data_root=' + root, 'val_dataloader.dataset.data_root=' + root,
-            'test_dataloader.dataset.data_root=' + root,
-            'val_evaluator.ann_file=' + root + 'annotations/instances_val.json',
-            'test_evaluator.ann_file=' + root + 'annotations/instances_val.json']
+    options = ['train_dataloader.dataset.data_root=' + root, 'val_dataloader.dataset.data_root=' + root,
+               'test_dataloader.dataset.data_root=' + root]
+    if coco_metric:
+        options += ['val_evaluator.ann_file=' + root + 'annotations/instances_val.json',
+                    'test_evaluator.ann_file=' + root + 'annotations/instances_val.json']
+    return options
 
 
 def test_demo_config_is_the_scaled_down_recipe():

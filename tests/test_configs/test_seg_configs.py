@@ -3,13 +3,12 @@ and a predict forward on the CPU, sliding-window inference included on a non-squ
 mmseg's own packaged (non-UperNet) configs; the demo trains and evaluates end to end."""
 import glob
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from tests.test_configs.test_det_demo import data_options, run
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SEG_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'kat', 'upernet_kat_*.py')))
@@ -26,14 +25,6 @@ model = dict(
     neck=dict(type='MultiLevelNeck', in_channels=[384] * 4, out_channels=384, scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[384] * 4))
 '''
-
-
-def run(*args, cwd):
-    env = dict(os.environ)
-    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=str(cwd), env=env, capture_output=True, text=True,
-                          timeout=900)
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 def build_segmentor(cfg, dims=32):
@@ -174,12 +165,6 @@ def test_demo_config_is_the_scaled_down_recipe():
     assert cfg.val_evaluator.type == 'IoUMetric'
 
 
-def data_options(root):
-    root = str(root).rstrip('/') + '/'
-    return ['train_dataloader.dataset.data_root=' + root, 'val_dataloader.dataset.data_root=' + root,
-            'test_dataloader.dataset.data_root=' + root]
-
-
 @pytest.mark.slow
 def test_demo_trains_evaluates_and_tests_on_cpu(tmp_path):
     data = tmp_path / 'scenes'
@@ -189,7 +174,8 @@ def test_demo_trains_evaluates_and_tests_on_cpu(tmp_path):
     work = tmp_path / 'work'
     loaders = [f'{k}.{v}' for k in ('train_dataloader', 'val_dataloader')
                for v in ('num_workers=0', 'persistent_workers=False')]
-    rc, log = run(osp.join(ROOT, 'tools', 'train.py'), DEMO, '--work-dir', work, '--cfg-options', *data_options(data),
+    rc, log = run(osp.join(ROOT, 'tools', 'train.py'), DEMO, '--work-dir', work, '--cfg-options',
+                  *data_options(data, coco_metric=False),
                   'train_cfg.max_iters=4', 'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=4',
                   'param_scheduler.0.end=2', 'param_scheduler.1.begin=2', 'param_scheduler.1.end=4', *loaders,
                   cwd=tmp_path)
@@ -197,7 +183,7 @@ def test_demo_trains_evaluates_and_tests_on_cpu(tmp_path):
     assert 'mIoU:' in log and 'disc' in log, log[-3000:]  # the per-class IoU table and the summary
     assert (work / 'iter_4.pth').is_file()
     rc, log = run(osp.join(ROOT, 'tools', 'test.py'), DEMO, work / 'iter_4.pth', '--work-dir', tmp_path / 'test',
-                  '--cfg-options', *data_options(data), 'test_dataloader.num_workers=0',
+                  '--cfg-options', *data_options(data, coco_metric=False), 'test_dataloader.num_workers=0',
                   'test_dataloader.persistent_workers=False', 'model.test_cfg.mode=slide',
                   'model.test_cfg.crop_size=(192,192)', 'model.test_cfg.stride=(128,128)', cwd=tmp_path)
     assert rc == 0, log[-3000:]
