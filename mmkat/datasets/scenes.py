@@ -18,13 +18,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .shapes import shape_mask
+from .shapes import _SPLIT_SEEDS, shape_mask
 
 SCENE_CLASSES = ('disc', 'ring', 'square', 'triangle', 'cross')
 SCENE_PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75), (255, 225, 25), (145, 30, 180)]
 SEG_CLASSES = ('background', ) + SCENE_CLASSES
 SEG_PALETTE = [(0, 0, 0)] + SCENE_PALETTE
-_SPLIT_SEEDS = {'train': 0, 'val': 1, 'test': 2}
 
 
 def draw_scene(size: int, rng: np.random.Generator, max_objects: int = 4,
