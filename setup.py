@@ -98,7 +98,7 @@ def get_extensions():
 
     with_cuda = _want_cuda(cuda_home, torch)
     torch_version = torch.__version__.split('+')[0]
-    sources = ['csrc/group_rational.cpp', 'csrc/group_rational_cpu.cpp']
+    sources = ['csrc/group_rational.cpp', 'csrc/group_rational_autograd.cpp', 'csrc/group_rational_cpu.cpp']
     cxx = ['-O3', '-fopenmp', f'-DMMKAT_TORCH_VERSION="{torch_version}"']
     if not with_cuda:
         return [CppExtension('mmkat._C', sources, extra_compile_args={'cxx': cxx}, extra_link_args=['-fopenmp'])]

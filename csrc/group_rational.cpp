@@ -1,9 +1,11 @@
 // mmkat._C: the Python module, the operator schema (TORCH_LIBRARY) and the input checks.
 //
 // The operators are functional (they return new tensors), so torch.compile, fake tensors and
-// torch.library.opcheck handle them; mmkat/ops/group_rational.py registers their fake (meta) kernels
-// and the autograd formula. Backend kernels register themselves: CPU in group_rational_cpu.cpp, CUDA in
-// group_rational_cuda.cu (compiled only when a CUDA toolkit was found).
+// torch.library.opcheck handle them. Where each piece is registered:
+//   * the schemas and the CPU kernels: here (the kernels live in group_rational_cpu.cpp);
+//   * the CUDA kernels: group_rational_cuda.cu (compiled only when a CUDA toolkit was found);
+//   * the autograd kernel of group_rational_forward: group_rational_autograd.cpp;
+//   * the fake (meta) kernels used by torch.compile: mmkat/ops/rational.py.
 #include <Python.h>
 #include <torch/library.h>
 

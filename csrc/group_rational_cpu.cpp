@@ -7,8 +7,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
+#include <c10/util/SmallVector.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <type_traits>
 #include <vector>
@@ -26,18 +28,24 @@ int64_t rows_per_chunk(int64_t channels) {
   return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(channels, 1));
 }
 
-// Per-group coefficients in the math type: a[6] shared, |b|[groups][4].
+// Per-group coefficients in the math type: a[6] shared, |b|[groups][4], and sign(b) (sign(0) = +1) for the
+// backward. Read straight from the (usually already contiguous, math-typed) parameters: no temporaries.
 template <typename T>
 struct Coefficients {
   T a[kNumerator];
-  std::vector<T> babs;
+  c10::SmallVector<T, 16 * kDenominator> babs, sign;
   Coefficients(const at::Tensor& weight_numerator, const at::Tensor& weight_denominator, int64_t groups)
-      : babs(groups * kDenominator) {
+      : babs(groups * kDenominator), sign(groups * kDenominator) {
     const at::ScalarType math = c10::CppTypeToScalarType<T>::value;
     const at::Tensor wn = weight_numerator.to(math).contiguous();
-    const at::Tensor wd = weight_denominator.to(math).abs().contiguous();
-    std::copy(wn.data_ptr<T>(), wn.data_ptr<T>() + kNumerator, a);
-    std::copy(wd.data_ptr<T>(), wd.data_ptr<T>() + groups * kDenominator, babs.begin());
+    const at::Tensor wd = weight_denominator.to(math).contiguous();
+    const T* pn = wn.const_data_ptr<T>();
+    const T* pd = wd.const_data_ptr<T>();
+    std::copy(pn, pn + kNumerator, a);
+    for (int64_t i = 0; i < groups * kDenominator; ++i) {
+      babs[i] = std::abs(pd[i]);
+      sign[i] = pd[i] < T(0) ? T(-1) : T(1);
+    }
   }
 };
 
@@ -227,23 +235,19 @@ void backward_kernel(const scalar_t* dy, const scalar_t* x, scalar_t* dx,
 // Adds the per-chunk partial sums in chunk order, then forms d(numerator) [1, 6] (summed over groups)
 // and d(denominator) [groups, 4] (times sign(b), sign(0) = +1).
 template <typename T>
-void reduce_partials(const T* partials, int64_t chunks, int64_t groups, const at::Tensor& weight_denominator,
-                     T* d_num, T* d_den) {
-  std::vector<T> per_group(groups * kCoeffGrads, T(0));
+void reduce_partials(const T* partials, int64_t chunks, int64_t groups, const T* sign, T* d_num, T* d_den) {
+  c10::SmallVector<T, 16 * kCoeffGrads> per_group(groups * kCoeffGrads, T(0));
   for (int64_t c = 0; c < chunks; ++c) {
     const T* p = partials + c * groups * kCoeffGrads;
     for (int64_t i = 0; i < groups * kCoeffGrads; ++i) per_group[i] += p[i];
   }
-  const at::Tensor wd = weight_denominator.to(c10::CppTypeToScalarType<T>::value).contiguous();
-  const T* b = wd.const_data_ptr<T>();
   for (int i = 0; i < kNumerator; ++i) {
     d_num[i] = T(0);
     for (int64_t g = 0; g < groups; ++g) d_num[i] += per_group[g * kCoeffGrads + i];
   }
   for (int64_t g = 0; g < groups; ++g) {
     for (int j = 0; j < kDenominator; ++j) {
-      const T sign = b[g * kDenominator + j] < T(0) ? T(-1) : T(1);
-      d_den[g * kDenominator + j] = sign * per_group[g * kCoeffGrads + kNumerator + j];
+      d_den[g * kDenominator + j] = sign[g * kDenominator + j] * per_group[g * kCoeffGrads + kNumerator + j];
     }
   }
 }
@@ -279,20 +283,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
   const int64_t rows = channels == 0 ? 0 : xc.numel() / channels;
   const Problem problem = make_problem(rows, channels, groups);
   const int64_t chunks = num_chunks(problem);
-  auto partials = at::empty({chunks, groups, kCoeffGrads}, x.options().dtype(math));
-  if (chunks > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cpu", [&] {
-      Coefficients<at::opmath_type<scalar_t>> coeffs(weight_numerator, weight_denominator, groups);
+  auto d_num = at::empty({1, kNumerator}, x.options().dtype(math));
+  auto d_den = at::empty({groups, kDenominator}, x.options().dtype(math));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    Coefficients<T> coeffs(weight_numerator, weight_denominator, groups);
+    c10::SmallVector<T, 16 * kCoeffGrads> partials(chunks * groups * kCoeffGrads);
+    if (chunks > 0) {
       backward_kernel<scalar_t>(dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                                dx.mutable_data_ptr<scalar_t>(), partials.mutable_data_ptr<at::opmath_type<scalar_t>>(),
-                                problem, coeffs);
-    });
-  }
-  auto d_num = at::empty({1, kNumerator}, partials.options());
-  auto d_den = at::empty({groups, kDenominator}, partials.options());
-  AT_DISPATCH_FLOATING_TYPES(math, "group_rational_reduce_cpu", [&] {
-    reduce_partials<scalar_t>(partials.const_data_ptr<scalar_t>(), chunks, groups, weight_denominator,
-                              d_num.mutable_data_ptr<scalar_t>(), d_den.mutable_data_ptr<scalar_t>());
+                                dx.mutable_data_ptr<scalar_t>(), partials.data(), problem, coeffs);
+    }
+    reduce_partials<T>(partials.data(), chunks, groups, coeffs.sign.data(), d_num.mutable_data_ptr<T>(),
+                       d_den.mutable_data_ptr<T>());
   });
   return {dx, d_num.to(weight_numerator.scalar_type()), d_den.to(weight_denominator.scalar_type())};
 }

@@ -17,6 +17,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <initializer_list>
 
 #include "group_rational.h"
@@ -268,10 +270,19 @@ Layout make_layout(const at::Tensor& x, int64_t groups, std::initializer_list<co
 }
 
 // Enough blocks to fill the GPU a few times over, never more than there are row segments.
-dim3 make_grid(const Layout& L) {
-  int device = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+// Multiprocessors of a device, asked of the driver once per device (not on every call).
+int multiprocessor_count(int device) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0: not asked yet
+  int sms = device >= 0 && device < static_cast<int>(cache.size()) ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (device >= 0 && device < static_cast<int>(cache.size())) cache[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+dim3 make_grid(const Layout& L, int device) {
+  const int sms = multiprocessor_count(device);
   const int64_t target_blocks = static_cast<int64_t>(sms) * (2048 / kThreads) * 2;  // ~2 waves at full occupancy
   int64_t by = std::max<int64_t>(1, target_blocks / L.groups);
   by = std::min<int64_t>(by, (L.rows + L.rpi - 1) / L.rpi);
@@ -303,7 +314,7 @@ at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& we
   const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto wn = weight_numerator.to(math).contiguous();
   auto wd = weight_denominator.to(math).contiguous();
-  const dim3 grid = make_grid(L);
+  const dim3 grid = make_grid(L, x.get_device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -337,20 +348,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
     d_num.zero_();
     d_den.zero_();
   } else {
-    const dim3 grid = make_grid(L);
-    auto partials = at::empty({static_cast<int64_t>(grid.y), groups, kCoeffGrads}, wn.options());
-    auto per_group = at::empty({groups, kCoeffGrads}, wn.options());
+    const dim3 grid = make_grid(L, x.get_device());
+    // One scratch allocation: the per-block partials [grid.y, groups, 10], then the per-group sums [groups, 10].
+    const int64_t partial_count = static_cast<int64_t>(grid.y) * groups * kCoeffGrads;
+    auto scratch = at::empty({partial_count + groups * kCoeffGrads}, wn.options());
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
       using T = at::opmath_type<scalar_t>;
       with_vec<scalar_t>(L.vec, [&](auto vec) {
         backward_kernel<scalar_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
             dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials.mutable_data_ptr<T>(), L);
+            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), scratch.mutable_data_ptr<T>(), L);
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      reduce_kernel<T><<<1, kThreads, 0, stream>>>(partials.const_data_ptr<T>(), grid.y, groups,
-                                                   wd.const_data_ptr<T>(), per_group.mutable_data_ptr<T>(),
+      T* partials = scratch.mutable_data_ptr<T>();
+      reduce_kernel<T><<<1, kThreads, 0, stream>>>(partials, grid.y, groups, wd.const_data_ptr<T>(),
+                                                   partials + partial_count,
                                                    d_num.mutable_data_ptr<T>(), d_den.mutable_data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -11,8 +11,10 @@ receive a gradient.
 Three implementations compute the same function:
   * ``'reference'``: pure PyTorch, explicit forward and backward formulas (works on any device; also what
     torch.compile is benchmarked on);
-  * ``'compiled'``: the C++/CUDA kernels of ``mmkat._C`` exposed as ``torch.ops.mmkat.*`` (registered with
-    fake-tensor and autograd support, so torch.compile traces through them without a graph break);
+  * ``'compiled'``: the C++/CUDA kernels of ``mmkat._C`` exposed as ``torch.ops.mmkat.*``, with their
+    autograd kernel in C++ and fake kernels for torch.compile; under torch.compile the forward is traced as
+    the pointwise formula (so inductor fuses it with its neighbours) and the backward stays the kernel
+    (see ``compile_forward``);
   * ``'auto'`` (default): ``'compiled'`` when mmkat._C has a kernel for the tensor's device, otherwise the
     reference (with a one-time warning).
 The environment variable ``MMKAT_GROUP_RATIONAL_IMPL`` (auto / reference / compiled) overrides ``'auto'``.
@@ -77,6 +79,13 @@ def _compiled_supports(device: torch.device) -> bool:
     if device.type == 'cpu':
         return True
     return device.type == 'cuda' and bool(_EXT.with_cuda)
+
+
+def compiled_devices() -> frozenset:
+    """Device types ('cpu', 'cuda') that mmkat._C has kernels for in this process."""
+    if _EXT is None:
+        return frozenset()
+    return frozenset(('cpu', 'cuda') if _EXT.with_cuda else ('cpu', ))
 
 
 def _compiled_unavailable_reason(device: torch.device) -> str:
@@ -195,7 +204,10 @@ def group_rational_reference(x, weight_numerator, weight_denominator, groups):
     return _ReferenceFunction.apply(x, weight_numerator, weight_denominator, groups)
 
 
-# ------------------------------------------------------------------ the compiled op: fake + autograd
+# ------------------------------------------------------------------------- the compiled op: fake kernels
+# The autograd kernel of group_rational_forward is registered in C++ (csrc/group_rational_autograd.cpp):
+# a call costs one dispatcher trip in eager mode, forward and backward. Only the fake (meta) kernels, which
+# torch.compile and opcheck use for shape propagation, are Python.
 if _EXT is not None:
 
     @torch.library.register_fake('mmkat::group_rational_forward')
@@ -208,17 +220,53 @@ if _EXT is not None:
         return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight_numerator),
                 torch.empty_like(weight_denominator))
 
-    def _setup_context(ctx, inputs, output):
-        x, weight_numerator, weight_denominator, groups = inputs
+    _FORWARD_OP = torch.ops.mmkat.group_rational_forward.default
+    _BACKWARD_OP = torch.ops.mmkat.group_rational_backward.default
+else:
+    _FORWARD_OP = _BACKWARD_OP = None
+
+# ------------------------------------------------------------------------ under torch.compile: fusable
+# How torch.compile sees the compiled implementation (read when a graph is traced):
+#   'decomposed' (default): the forward as the pointwise formula of the reference, which inductor fuses
+#       with its neighbours (the LayerNorm before act1, the bias add of fc1 before act2, dtype casts), and
+#       the backward as the mmkat.group_rational_backward kernel (dx and the coefficient gradients in one
+#       pass, deterministic);
+#   'opaque': the forward kernel as one opaque custom op too.
+COMPILE_MODES = ('decomposed', 'opaque')
+ENV_COMPILE = 'MMKAT_COMPILE_FORWARD'
+
+
+def _read_compile_mode() -> str:
+    mode = os.environ.get(ENV_COMPILE, 'decomposed').strip().lower() or 'decomposed'
+    if mode not in COMPILE_MODES:
+        raise ValueError(f'{ENV_COMPILE} must be one of {COMPILE_MODES}, got {mode!r}')
+    return mode
+
+
+compile_forward = _read_compile_mode()  # set it (or the environment variable) before torch.compile traces
+
+
+class _FusableFunction(torch.autograd.Function):
+    """Forward: the reference formula (traceable, fusable). Backward: the compiled kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight_numerator, weight_denominator, groups):
         ctx.save_for_backward(x, weight_numerator, weight_denominator)
         ctx.groups = groups
+        return _reference_forward(x, weight_numerator, weight_denominator, groups)
 
-    def _backward(ctx, grad_output):
+    @staticmethod
+    def backward(ctx, grad_output):
         x, wn, wd = ctx.saved_tensors
-        dx, dwn, dwd = torch.ops.mmkat.group_rational_backward(grad_output, x, wn, wd, ctx.groups)
+        dx, dwn, dwd = _BACKWARD_OP(grad_output, x, wn, wd, ctx.groups)
         return dx, dwn, dwd, None
 
-    torch.library.register_autograd('mmkat::group_rational_forward', _backward, setup_context=_setup_context)
+
+def _compiled_call(x, weight_numerator, weight_denominator, groups):
+    """The compiled kernels, eager or traced; inputs already checked."""
+    if compile_forward == 'decomposed' and torch.compiler.is_compiling():
+        return _FusableFunction.apply(x, weight_numerator, weight_denominator, groups)
+    return _FORWARD_OP(x, weight_numerator, weight_denominator, groups)
 
 
 def group_rational_compiled(x, weight_numerator, weight_denominator, groups):
@@ -226,7 +274,7 @@ def group_rational_compiled(x, weight_numerator, weight_denominator, groups):
     _check_inputs(x, weight_numerator, weight_denominator, groups)
     if not _compiled_supports(x.device):
         raise RuntimeError(f"group_rational(impl='compiled'): {_compiled_unavailable_reason(x.device)}")
-    return torch.ops.mmkat.group_rational_forward(x, weight_numerator, weight_denominator, groups)
+    return _compiled_call(x, weight_numerator, weight_denominator, groups)
 
 
 # ---------------------------------------------------------------------------------------- the dispatcher

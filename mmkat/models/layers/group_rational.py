@@ -6,6 +6,7 @@ from mmengine.registry import MODELS
 from torch import nn
 
 from mmkat.ops import IMPLEMENTATIONS, NUM_DENOMINATOR, NUM_NUMERATOR, get_preset, group_rational
+from mmkat.ops import rational as _rational
 
 
 @MODELS.register_module()
@@ -20,7 +21,12 @@ class GroupRational(nn.Module):
         init: a preset name ('identity', 'swish', 'gelu') or dict(numerator=[6], denominator=[4]); the
             denominator is repeated for every group.
         num_channels: if given, inputs must have exactly this many channels.
-        impl: 'auto', 'reference' or 'compiled' (see :func:`mmkat.ops.group_rational`).
+        impl: 'auto', 'reference' or 'compiled' (see :func:`mmkat.ops.group_rational`). The choice, and
+            the ``MMKAT_GROUP_RATIONAL_IMPL`` override of 'auto', are resolved once, when the module is built.
+
+    A call on a CPU or CUDA tensor with the compiled op available goes straight to ``torch.ops.mmkat``
+    (whose C++ kernels check the input and hold the autograd formula): the host cost of a call is that of
+    one native activation.
     """
 
     def __init__(self,
@@ -41,6 +47,9 @@ class GroupRational(nn.Module):
         self.init = init
         self.num_channels = num_channels
         self.impl = impl
+        self._impl = _rational._resolve_impl(impl)
+        # The devices whose tensors take the direct path (empty for 'reference' or without mmkat._C).
+        self._op_devices = frozenset() if self._impl == 'reference' else _rational.compiled_devices()
         self.weight_numerator = nn.Parameter(torch.empty(1, NUM_NUMERATOR))
         self.weight_denominator = nn.Parameter(torch.empty(groups, NUM_DENOMINATOR))
         self._init_values = (numerator, denominator)
@@ -56,7 +65,9 @@ class GroupRational(nn.Module):
         if self.num_channels is not None and (x.dim() < 1 or x.shape[-1] != self.num_channels):
             raise ValueError(f'GroupRational: expected an input of shape (..., {self.num_channels}), got '
                              f'{tuple(x.shape)}')
-        return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self.impl)
+        if x.device.type in self._op_devices:
+            return _rational._compiled_call(x, self.weight_numerator, self.weight_denominator, self.groups)
+        return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self._impl)
 
     def extra_repr(self) -> str:
         init = self.init if isinstance(self.init, str) else 'custom'

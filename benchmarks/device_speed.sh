@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Speed of the op and of KAT vs the ViT on a GPU machine with torch but no package index (the script that
+# made benchmarks/results/speed_h200*): builds mmkat._C in place for the local GPU, runs the CUDA tests, the
+# op benchmark and tools/benchmark.py. Run from the repository root; results and logs go to $OUT
+# (default work_dirs/device). Needs mmengine's wheels in .whl (mmengine, addict, yapf, termcolor,
+# platformdirs) where mmengine is not installed.
+#   STAGE=eager   bash benchmarks/device_speed.sh   # build, CUDA tests, op benchmark, eager models + profile
+#   STAGE=compile bash benchmarks/device_speed.sh   # build, torch.compile'd models
+# ARCHS (default "tiny small base") and BENCH_ARGS (extra tools/benchmark.py options) narrow a run.
+set -euo pipefail
+OUT=${OUT:-work_dirs/device}
+STAGE=${STAGE:-eager}
+ARCHS=${ARCHS:-tiny small base}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+if ! python3 -c 'import mmengine' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+t0=$(date +%s)
+python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+python3 -c 'from mmkat.ops import extension_info; print(extension_info())'
+
+if [ "$STAGE" = eager ]; then
+  python3 -m pytest -q -x tests/test_ops/test_group_rational_cuda.py tests/test_models -m cuda 2>&1 \
+    | tee "$OUT/pytest_cuda.log" | tail -4
+  python3 tools/benchmark_op.py --reps 30 --markdown --out "$OUT/op_h200.json" 2>&1 | grep -v -i warn \
+    | tee "$OUT/benchmark_op.log" | tail -16
+  # shellcheck disable=SC2086
+  python3 tools/benchmark.py --archs $ARCHS --compile eager --profile ${BENCH_ARGS:-} \
+    --out "$OUT/speed_eager.json" 2>&1 | grep -v -i warn | tee "$OUT/speed_eager.log" | tail -24
+else
+  # shellcheck disable=SC2086
+  python3 tools/benchmark.py --archs $ARCHS --compile default ${BENCH_ARGS:-} \
+    --out "$OUT/speed_compile.json" 2>&1 | grep -v -i warn | tee "$OUT/speed_compile.log" | tail -24
+fi
+echo "all done in $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,359 @@
+"""Speed of KAT against the ViT of the same size, measured side by side in one process.
+
+Models (``--models``): ``kat`` (the KAT backbone with the compiled group-rational op and a 1000-class
+head), ``vit`` (the same backbone with ``mlp='gelu'``: the plain ViT that KAT is compared with) and
+``timm-vit`` (timm's ``VisionTransformer`` of the same size, an outside reference). For every arch, mode
+(``train``: forward, backward and an AdamW step under autocast; ``infer``: forward under inference mode
+and autocast) and compile setting (``eager``, or a ``torch.compile`` mode: ``default``,
+``reduce-overhead`` (CUDA graphs), ``max-autotune``), the models are built and warmed up one after the
+other, then timed in alternating rounds: each round runs ``--steps`` iterations of every model in turn,
+and the reported images/s is the median over ``--repeats`` rounds. Peak memory is what a model's
+iterations allocate on top of what was allocated before it was built.
+
+``--profile`` also runs each setting under torch.profiler and reports the summed GPU kernel time per
+step against the wall time per step: a step whose wall time is well above its kernel time is waiting
+for the host.
+
+``--host`` measures the host cost instead (CPU, one thread): a training step of a tiny KAT and its GELU
+twin (12 blocks of width 64, 5 tokens, batch 2), whose time is all framework overhead, timed in
+alternating rounds; and the host cost of one activation call (GELU vs GroupRational) on tiny tensors.
+
+Prints Markdown tables, writes JSON (an existing file is kept: the new one gets a time-stamped name) and,
+with ``--chart``, a PNG bar chart.
+
+    python tools/benchmark.py --archs tiny small base --modes train infer --compile eager default \\
+        --out benchmarks/results/speed_h200.json --chart docs/speed_h200.png
+    python tools/benchmark.py --host --out benchmarks/results/host_cpu.json
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmkat.models import KAT  # noqa: E402
+from mmkat.models.layers import GroupRational  # noqa: E402
+from mmkat.ops import extension_info  # noqa: E402
+from mmkat.utils import save_results  # noqa: E402
+
+ARCHS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
+MODELS = ('vit', 'kat', 'timm-vit')
+COMPILE = ('eager', 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+NAMES = {'vit': 'ViT (mmkat, mlp=gelu)', 'kat': 'KAT (mmkat)', 'timm-vit': 'ViT (timm)'}
+
+
+class Classifier(nn.Module):
+    """A KAT backbone (cls-token output) with a linear head."""
+
+    def __init__(self, backbone: nn.Module, dims: int, classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(dims, classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[-1])
+
+
+def build(kind: str, arch, img_size: int, patch_size: int = 16, classes: int = 1000,
+          drop_path: float = 0.1) -> nn.Module:
+    """``arch``: a name of ARCHS or dict(embed_dims, num_layers, num_heads)."""
+    if isinstance(arch, str):
+        dims, heads = ARCHS[arch]
+        depth = 12
+    else:
+        dims, depth, heads = arch['embed_dims'], arch['num_layers'], arch['num_heads']
+    if kind == 'timm-vit':
+        from timm.models.vision_transformer import VisionTransformer
+        return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=dims, depth=depth,
+                                 num_heads=heads, num_classes=classes, drop_path_rate=drop_path)
+    if kind not in ('kat', 'vit'):
+        raise ValueError(f'unknown model {kind!r}; expected one of {MODELS}')
+    backbone_arch = arch if isinstance(arch, str) else dict(arch, mlp_ratio=4)
+    backbone = KAT(backbone_arch, img_size=img_size, patch_size=patch_size, mlp='kan' if kind == 'kat' else 'gelu',
+                   drop_path_rate=drop_path)
+    return Classifier(backbone, dims, classes)
+
+
+class Runner:
+    """One model in one setting: ``step()`` runs one training or inference iteration."""
+
+    def __init__(self, model, mode, compile_mode, batch, img_size, device, dtype, classes=1000):
+        self.model = model.to(device).train(mode == 'train')
+        self.mode, self.compile_mode, self.device, self.dtype = mode, compile_mode, device, dtype
+        self.images = torch.randn(batch, 3, img_size, img_size, device=device)
+        self.labels = torch.randint(0, classes, (batch, ), device=device)
+        self.fn = self.model
+        if compile_mode != 'eager':
+            self.fn = torch.compile(self.model, mode=None if compile_mode == 'default' else compile_mode)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05) \
+            if mode == 'train' else None
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.cudagraphs = compile_mode in ('reduce-overhead', 'max-autotune')
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def step(self):
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        if self.mode == 'infer':
+            with torch.inference_mode(), self.autocast():
+                return self.fn(self.images)
+        with self.autocast():
+            loss = self.loss_fn(self.fn(self.images), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_steps(runner: Runner, steps: int) -> float:
+    """Seconds for ``steps`` iterations (CUDA events on a GPU, the host clock on the CPU)."""
+    if runner.device.type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            runner.step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        runner.step()
+    return time.perf_counter() - t0
+
+
+def profile_steps(runner: Runner, steps: int) -> dict:
+    """Summed GPU kernel time per step vs wall time per step, under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == 'cuda' else [])
+    sync(runner.device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            runner.step()
+        sync(runner.device)
+        wall = time.perf_counter() - t0
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages()) if runner.device.type == 'cuda' else 0.
+    return dict(profile_wall_ms=1e3 * wall / steps, kernel_ms=kernel_us / 1e3 / steps,
+                gpu_busy=(kernel_us / 1e6) / wall if wall > 0 else float('nan'))
+
+
+def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
+    """Build, warm up and measure every model of one (arch, mode, compile) setting; time them in rounds."""
+    runners, rows = [], []
+    for kind in args.models:
+        torch.manual_seed(0)
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)
+        model = build(kind, arch, args.img_size)
+        params = sum(p.numel() for p in model.parameters())
+        runner = Runner(model, mode, compile_mode, args.batch_size, args.img_size, device, dtype)
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            runner.step()
+        sync(device)
+        warmup_s = time.perf_counter() - t0
+        row = dict(arch=arch if isinstance(arch, str) else 'custom', model=kind, mode=mode, compile=compile_mode,
+                   params=params, warmup_s=warmup_s)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+            time_steps(runner, 2)
+            row['peak_mem_gib'] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+        if args.profile:
+            row.update(profile_steps(runner, args.steps))
+        runners.append(runner)
+        rows.append(row)
+    seconds = [[] for _ in runners]
+    for _ in range(args.repeats):
+        for i, runner in enumerate(runners):
+            seconds[i].append(time_steps(runner, args.steps))
+    for row, secs in zip(rows, seconds):
+        med = statistics.median(secs)
+        row.update(images_per_s=args.batch_size * args.steps / med, ms_per_step=1e3 * med / args.steps,
+                   ms_per_step_all=[1e3 * s / args.steps for s in secs])
+        print(f"{row['arch']:5s} {mode:5s} {compile_mode:15s} {row['model']:8s} {row['images_per_s']:9.1f} img/s"
+              + (f"  kernel {row['kernel_ms']:.1f} / wall {row['profile_wall_ms']:.1f} ms" if args.profile else ''),
+              flush=True)
+    del runners
+    torch._dynamo.reset()
+    return rows
+
+
+def ratio(rows, row, key='images_per_s', ref='vit'):
+    base = [r for r in rows if r['model'] == ref and all(r[k] == row[k] for k in ('arch', 'mode', 'compile'))]
+    return row[key] / base[0][key] if base and base[0][key] else float('nan')
+
+
+def print_table(rows, profile):
+    cols = '| arch | mode | compile | model | params | images/s | vs ViT | ms/step | peak GiB | mem vs ViT |'
+    extra = ' kernel ms/step | wall ms/step (profiled) | GPU busy |' if profile else ''
+    print('\n' + cols + extra)
+    print('|' + '---|' * (cols.count('|') - 1 + extra.count('|')))
+    for r in rows:
+        mem = r.get('peak_mem_gib', float('nan'))
+        line = (f"| {r['arch']} | {r['mode']} | {r['compile']} | {NAMES[r['model']]} | {r['params'] / 1e6:.2f} M | "
+                f"{r['images_per_s']:.0f} | {ratio(rows, r):.2f} | {r['ms_per_step']:.2f} | {mem:.2f} | "
+                f"{ratio(rows, r, 'peak_mem_gib') if 'peak_mem_gib' in r else float('nan'):.2f} |")
+        if profile:
+            line += f" {r['kernel_ms']:.2f} | {r['profile_wall_ms']:.2f} | {100 * r['gpu_busy']:.0f}% |"
+        print(line)
+
+
+def draw_chart(rows, path, title):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    settings = []
+    for r in rows:
+        key = (r['mode'], r['compile'])
+        if key not in settings:
+            settings.append(key)
+    archs = [a for a in ARCHS if any(r['arch'] == a for r in rows)] or sorted({r['arch'] for r in rows})
+    models = [m for m in MODELS if any(r['model'] == m for r in rows)]
+    colors = {'vit': '#8c8c8c', 'kat': '#d62728', 'timm-vit': '#1f77b4'}
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4.2), squeeze=False)
+    width = 0.8 / len(models)
+    for ax, (mode, comp) in zip(axes[0], settings):
+        for j, m in enumerate(models):
+            xs, ys, labels = [], [], []
+            for i, a in enumerate(archs):
+                match = [r for r in rows if (r['arch'], r['model'], r['mode'], r['compile']) == (a, m, mode, comp)]
+                if match:
+                    xs.append(i + (j - (len(models) - 1) / 2) * width)
+                    ys.append(match[0]['images_per_s'])
+                    labels.append(f'{ratio(rows, match[0]):.2f}x')
+            bars = ax.bar(xs, ys, width, label=NAMES[m], color=colors[m])
+            if m != 'vit':
+                for bar, label in zip(bars, labels):
+                    ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha='center',
+                            va='bottom', fontsize=7)
+        ax.set_xticks(range(len(archs)))
+        ax.set_xticklabels(archs)
+        ax.set_title(f'{mode}, {comp}')
+        ax.set_ylabel('images/s')
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f'wrote {path}')
+
+
+# --------------------------------------------------------------------------------------------- host mode
+def host_costs(args) -> dict:
+    """CPU, one thread: the tiny host-bound training step (alternating rounds) and per-call costs."""
+    torch.set_num_threads(1)
+    arch = dict(embed_dims=64, num_layers=12, num_heads=2)
+    device, dtype = torch.device('cpu'), torch.float32
+    runners = {}
+    for kind in ('vit', 'kat'):
+        torch.manual_seed(0)
+        runners[kind] = Runner(build(kind, arch, img_size=8, patch_size=4, classes=10), 'train', 'eager', 2, 8,
+                               device, dtype, classes=10)
+        for _ in range(args.warmup):
+            runners[kind].step()
+    times = {k: [] for k in runners}
+    for _ in range(args.repeats):
+        for kind, runner in runners.items():
+            times[kind].append(1e3 * time_steps(runner, args.steps) / args.steps)
+    step = {k: statistics.median(v) for k, v in times.items()}
+
+    x = torch.randn(2, 5, 256, requires_grad=True)
+    dy = torch.randn(2, 5, 256)
+    acts = {'GELU': nn.GELU(), 'GroupRational': GroupRational(8, 'swish', num_channels=256)}
+
+    def per_call_us(fn, calls=2000):
+        best = float('inf')
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+        return best
+
+    calls = {}
+    for name, act in acts.items():
+        calls[f'{name} forward'] = per_call_us(lambda: act(x))
+        calls[f'{name} forward+backward'] = per_call_us(lambda: act(x).backward(dy))
+        with torch.no_grad():
+            calls[f'{name} forward, no grad'] = per_call_us(lambda: act(x))
+    print('\n| host-bound training step (CPU, 1 thread) | ms/step (median) |\n|---|---|')
+    for kind in runners:
+        print(f'| {NAMES[kind]} | {step[kind]:.2f} |')
+    print(f"| KAT / ViT | {step['kat'] / step['vit']:.3f} |")
+    print('\n| call (2 x 5 x 256, CPU) | host us |\n|---|---|')
+    for name, us in calls.items():
+        print(f'| {name} | {us:.1f} |')
+    return dict(step_ms=step, step_ms_all=times, kat_over_vit=step['kat'] / step['vit'], call_us=calls)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--archs', nargs='+', default=['tiny', 'small', 'base'], choices=sorted(ARCHS))
+    parser.add_argument('--models', nargs='+', default=['vit', 'kat', 'timm-vit'], choices=MODELS)
+    parser.add_argument('--modes', nargs='+', default=['train', 'infer'], choices=['train', 'infer'])
+    parser.add_argument('--compile', nargs='+', default=['eager', 'default'], choices=COMPILE)
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--steps', type=int, default=10, help='iterations per timed round')
+    parser.add_argument('--repeats', type=int, default=5, help='timed rounds (the median is reported)')
+    parser.add_argument('--warmup', type=int, default=5, help='iterations before timing (compilation included)')
+    parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
+    parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
+    parser.add_argument('--out', help='JSON file for the results')
+    parser.add_argument('--chart', help='PNG bar chart of images/s')
+    args = parser.parse_args(argv)
+    for name in ('batch_size', 'img_size', 'steps', 'repeats'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+
+    meta = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
+                python=platform.python_version(), extension=extension_info(), command=' '.join(sys.argv),
+                steps=args.steps, repeats=args.repeats, warmup=args.warmup)
+    if args.host:
+        meta.update(device=platform.processor() or platform.machine(), threads=1)
+        result = host_costs(args)
+        if args.out:
+            save_results(args.out, dict(meta=meta, host=result))
+        return result
+
+    device = torch.device(args.device)
+    if device.type == 'cpu' and any(c in ('reduce-overhead', 'max-autotune') for c in args.compile):
+        parser.error('CUDA graphs (reduce-overhead / max-autotune) need a CUDA device')
+    dtype = getattr(torch, args.dtype)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    for compile_mode in args.compile:
+        for mode in args.modes:
+            for arch in args.archs:
+                rows += run_group(args, arch, mode, compile_mode, device, dtype)
+    print_table(rows, args.profile)
+    meta.update(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor(),
+                batch_size=args.batch_size, img_size=args.img_size, dtype=args.dtype)
+    if args.out:
+        save_results(args.out, dict(meta=meta, rows=rows))
+    if args.chart:
+        draw_chart(rows, args.chart, f"{meta['device']}, batch {args.batch_size}, {args.img_size} px, {args.dtype} "
+                   f"autocast, torch {torch.__version__.split('+')[0]}")
+    return rows
+
+
+if __name__ == '__main__':
+    main()
