@@ -25,16 +25,20 @@ echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c 'from mmkat.ops import extension_info; print(extension_info())'
 
 if [ "$STAGE" = eager ]; then
-  python3 -m pytest -q -x tests/test_ops/test_group_rational_cuda.py tests/test_models -m cuda 2>&1 \
-    | tee "$OUT/pytest_cuda.log" | tail -4
+  python3 -m pytest -q tests/test_ops tests/test_models -m cuda -p no:logging > "$OUT/pytest_cuda.log" 2>&1 \
+    || echo "CUDA TESTS FAILED"
+  grep -E "passed|failed|FAILED|Error" "$OUT/pytest_cuda.log" | tail -8
+  python3 tools/benchmark.py --host --device cuda --out "$OUT/host_cuda.json" 2>&1 | grep -v -i warn | tail -14
   python3 tools/benchmark_op.py --reps 30 --markdown --out "$OUT/op_h200.json" 2>&1 | grep -v -i warn \
     | tee "$OUT/benchmark_op.log" | tail -16
   # shellcheck disable=SC2086
   python3 tools/benchmark.py --archs $ARCHS --compile eager --profile ${BENCH_ARGS:-} \
     --out "$OUT/speed_eager.json" 2>&1 | grep -v -i warn | tee "$OUT/speed_eager.log" | tail -24
 else
-  # shellcheck disable=SC2086
-  python3 tools/benchmark.py --archs $ARCHS --compile default ${BENCH_ARGS:-} \
-    --out "$OUT/speed_compile.json" 2>&1 | grep -v -i warn | tee "$OUT/speed_compile.log" | tail -24
+  for arch in $ARCHS; do  # one file per arch, so that a run cut short keeps what it measured
+    # shellcheck disable=SC2086
+    python3 tools/benchmark.py --archs "$arch" --compile default ${BENCH_ARGS:-} \
+      --out "$OUT/speed_compile_$arch.json" 2>&1 | grep -v -i warn | tee "$OUT/speed_compile_$arch.log" | tail -8
+  done
 fi
 echo "all done in $(( $(date +%s) - t0 )) s"

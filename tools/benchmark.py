@@ -8,22 +8,24 @@ and autocast) and compile setting (``eager``, or a ``torch.compile`` mode: ``def
 ``reduce-overhead`` (CUDA graphs), ``max-autotune``), the models are built and warmed up one after the
 other, then timed in alternating rounds: each round runs ``--steps`` iterations of every model in turn,
 and the reported images/s is the median over ``--repeats`` rounds. Peak memory is what a model's
-iterations allocate on top of what was allocated before it was built.
+training iterations allocate (parameters, gradients, optimizer state and activations) on top of what was
+allocated before it was built.
 
 ``--profile`` also runs each setting under torch.profiler and reports the summed GPU kernel time per
 step against the wall time per step: a step whose wall time is well above its kernel time is waiting
 for the host.
 
-``--host`` measures the host cost instead (CPU, one thread): a training step of a tiny KAT and its GELU
-twin (12 blocks of width 64, 5 tokens, batch 2), whose time is all framework overhead, timed in
-alternating rounds; and the host cost of one activation call (GELU vs GroupRational) on tiny tensors.
+``--host`` measures the host cost instead (one CPU thread; with ``--device cuda``, on tiny CUDA tensors): a
+training step of a tiny KAT and its GELU twin (12 blocks of width 64, 5 tokens, batch 2), whose time is
+all framework overhead, timed in alternating rounds; and the host cost of one activation call (GELU vs
+GroupRational) on tiny tensors.
 
 Prints Markdown tables, writes JSON (an existing file is kept: the new one gets a time-stamped name) and,
 with ``--chart``, a PNG bar chart.
 
     python tools/benchmark.py --archs tiny small base --modes train infer --compile eager default \\
         --out benchmarks/results/speed_h200.json --chart docs/speed_h200.png
-    python tools/benchmark.py --host --out benchmarks/results/host_cpu.json
+    python tools/benchmark.py --host --device cpu --out benchmarks/results/host_cpu.json
 """
 import argparse
 import datetime
@@ -134,8 +136,10 @@ def time_steps(runner: Runner, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def profile_steps(runner: Runner, steps: int) -> dict:
-    """Summed GPU kernel time per step vs wall time per step, under torch.profiler."""
+def profile_steps(runner: Runner, steps: int, top: int = 0) -> dict:
+    """GPU kernel time per step (summed over kernels, and the union of their intervals) against the wall
+    time per step, under torch.profiler; with ``top``, the kernels that take the most time."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == 'cuda' else [])
     sync(runner.device)
@@ -145,9 +149,24 @@ def profile_steps(runner: Runner, steps: int) -> dict:
             runner.step()
         sync(runner.device)
         wall = time.perf_counter() - t0
-    kernel_us = sum(e.self_device_time_total for e in prof.key_averages()) if runner.device.type == 'cuda' else 0.
-    return dict(profile_wall_ms=1e3 * wall / steps, kernel_ms=kernel_us / 1e3 / steps,
-                gpu_busy=(kernel_us / 1e6) / wall if wall > 0 else float('nan'))
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    total_us = sum(e.time_range.elapsed_us() for e in kernels)
+    busy_us, end = 0., float('-inf')
+    for e in sorted(kernels, key=lambda e: e.time_range.start):
+        start, stop = max(e.time_range.start, end), e.time_range.end
+        if stop > start:
+            busy_us += stop - start
+        end = max(end, stop)
+    span_us = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) if kernels else 0.
+    result = dict(profile_wall_ms=1e3 * wall / steps, kernel_ms=total_us / 1e3 / steps,
+                  gpu_busy=busy_us / span_us if span_us else float('nan'))
+    if top:
+        by_name = {}
+        for e in kernels:
+            by_name[e.name] = by_name.get(e.name, 0.) + e.time_range.elapsed_us()
+        result['top_kernels_ms'] = {k[:90]: v / 1e3 / steps
+                                    for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]}
+    return result
 
 
 def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
@@ -168,12 +187,12 @@ def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
         warmup_s = time.perf_counter() - t0
         row = dict(arch=arch if isinstance(arch, str) else 'custom', model=kind, mode=mode, compile=compile_mode,
                    params=params, warmup_s=warmup_s)
-        if device.type == 'cuda':
+        if device.type == 'cuda' and mode == 'train':  # inference peaks are too small to tell apart
             torch.cuda.reset_peak_memory_stats(device)
             time_steps(runner, 2)
             row['peak_mem_gib'] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
         if args.profile:
-            row.update(profile_steps(runner, args.steps))
+            row.update(profile_steps(runner, args.steps, args.top_kernels))
         runners.append(runner)
         rows.append(row)
     seconds = [[] for _ in runners]
@@ -199,7 +218,7 @@ def ratio(rows, row, key='images_per_s', ref='vit'):
 
 def print_table(rows, profile):
     cols = '| arch | mode | compile | model | params | images/s | vs ViT | ms/step | peak GiB | mem vs ViT |'
-    extra = ' kernel ms/step | wall ms/step (profiled) | GPU busy |' if profile else ''
+    extra = ' kernel ms/step | wall ms/step (profiled) | GPU busy (kernel span) |' if profile else ''
     print('\n' + cols + extra)
     print('|' + '---|' * (cols.count('|') - 1 + extra.count('|')))
     for r in rows:
@@ -210,6 +229,11 @@ def print_table(rows, profile):
         if profile:
             line += f" {r['kernel_ms']:.2f} | {r['profile_wall_ms']:.2f} | {100 * r['gpu_busy']:.0f}% |"
         print(line)
+    for r in rows:
+        if r.get('top_kernels_ms'):
+            print(f"\n{r['arch']} {r['mode']} {r['compile']} {r['model']}: costliest kernels, ms/step")
+            for name, ms in r['top_kernels_ms'].items():
+                print(f'  {ms:7.3f}  {name}')
 
 
 def draw_chart(rows, path, title):
@@ -253,11 +277,12 @@ def draw_chart(rows, path, title):
 
 
 # --------------------------------------------------------------------------------------------- host mode
-def host_costs(args) -> dict:
-    """CPU, one thread: the tiny host-bound training step (alternating rounds) and per-call costs."""
+def host_costs(args, device) -> dict:
+    """The tiny host-bound training step (alternating rounds) and per-call costs, on one CPU thread or on
+    tiny CUDA tensors (kernel time negligible: what is measured is the host's work)."""
     torch.set_num_threads(1)
     arch = dict(embed_dims=64, num_layers=12, num_heads=2)
-    device, dtype = torch.device('cpu'), torch.float32
+    dtype = torch.float32
     runners = {}
     for kind in ('vit', 'kat'):
         torch.manual_seed(0)
@@ -271,16 +296,18 @@ def host_costs(args) -> dict:
             times[kind].append(1e3 * time_steps(runner, args.steps) / args.steps)
     step = {k: statistics.median(v) for k, v in times.items()}
 
-    x = torch.randn(2, 5, 256, requires_grad=True)
-    dy = torch.randn(2, 5, 256)
-    acts = {'GELU': nn.GELU(), 'GroupRational': GroupRational(8, 'swish', num_channels=256)}
+    x = torch.randn(2, 5, 256, device=device, requires_grad=True)
+    dy = torch.randn(2, 5, 256, device=device)
+    acts = {'GELU': nn.GELU(), 'GroupRational': GroupRational(8, 'swish', num_channels=256).to(device)}
 
     def per_call_us(fn, calls=2000):
         best = float('inf')
         for _ in range(3):
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
+            sync(device)
             best = min(best, (time.perf_counter() - t0) / calls * 1e6)
         return best
 
@@ -290,11 +317,12 @@ def host_costs(args) -> dict:
         calls[f'{name} forward+backward'] = per_call_us(lambda: act(x).backward(dy))
         with torch.no_grad():
             calls[f'{name} forward, no grad'] = per_call_us(lambda: act(x))
-    print('\n| host-bound training step (CPU, 1 thread) | ms/step (median) |\n|---|---|')
+    where = 'CPU, 1 thread' if device.type == 'cpu' else f'{device.type}, tiny tensors'
+    print(f'\n| host-bound training step ({where}) | ms/step (median) |\n|---|---|')
     for kind in runners:
         print(f'| {NAMES[kind]} | {step[kind]:.2f} |')
     print(f"| KAT / ViT | {step['kat'] / step['vit']:.3f} |")
-    print('\n| call (2 x 5 x 256, CPU) | host us |\n|---|---|')
+    print(f'\n| call (2 x 5 x 256, {device.type}) | host us (best of 3 x 2000) |\n|---|---|')
     for name, us in calls.items():
         print(f'| {name} | {us:.1f} |')
     return dict(step_ms=step, step_ms_all=times, kat_over_vit=step['kat'] / step['vit'], call_us=calls)
@@ -315,6 +343,7 @@ def main(argv=None):
     parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
+    parser.add_argument('--top-kernels', type=int, default=0, help='with --profile: list the N costliest kernels')
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
     parser.add_argument('--out', help='JSON file for the results')
     parser.add_argument('--chart', help='PNG bar chart of images/s')
@@ -327,8 +356,10 @@ def main(argv=None):
                 python=platform.python_version(), extension=extension_info(), command=' '.join(sys.argv),
                 steps=args.steps, repeats=args.repeats, warmup=args.warmup)
     if args.host:
-        meta.update(device=platform.processor() or platform.machine(), threads=1)
-        result = host_costs(args)
+        device = torch.device(args.device if args.device != 'cuda' or torch.cuda.is_available() else 'cpu')
+        meta.update(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else
+                    (platform.processor() or platform.machine()), threads=1)
+        result = host_costs(args, device)
         if args.out:
             save_results(args.out, dict(meta=meta, host=result))
         return result

@@ -12,9 +12,9 @@ Three implementations compute the same function:
   * ``'reference'``: pure PyTorch, explicit forward and backward formulas (works on any device; also what
     torch.compile is benchmarked on);
   * ``'compiled'``: the C++/CUDA kernels of ``mmkat._C`` exposed as ``torch.ops.mmkat.*``, with their
-    autograd kernel in C++ and fake kernels for torch.compile; under torch.compile the forward is traced as
-    the pointwise formula (so inductor fuses it with its neighbours) and the backward stays the kernel
-    (see ``compile_forward``);
+    autograd kernel in C++ and fake kernels for torch.compile; under torch.compile's inductor the forward
+    is decomposed into the pointwise formula (so inductor fuses it with its neighbours) and the backward
+    stays the kernel (see ``compile_forward``);
   * ``'auto'`` (default): ``'compiled'`` when mmkat._C has a kernel for the tensor's device, otherwise the
     reference (with a one-time warning).
 The environment variable ``MMKAT_GROUP_RATIONAL_IMPL`` (auto / reference / compiled) overrides ``'auto'``.
@@ -226,12 +226,15 @@ else:
     _FORWARD_OP = _BACKWARD_OP = None
 
 # ------------------------------------------------------------------------ under torch.compile: fusable
-# How torch.compile sees the compiled implementation (read when a graph is traced):
-#   'decomposed' (default): the forward as the pointwise formula of the reference, which inductor fuses
-#       with its neighbours (the LayerNorm before act1, the bias add of fc1 before act2, dtype casts), and
-#       the backward as the mmkat.group_rational_backward kernel (dx and the coefficient gradients in one
-#       pass, deterministic);
-#   'opaque': the forward kernel as one opaque custom op too.
+# How torch.compile's inductor sees the compiled implementation (read when a graph is traced):
+#   'decomposed' (default): the forward op is decomposed into the pointwise formula of the reference, which
+#       inductor fuses with its neighbours (the LayerNorm before act1, the bias add of fc1 before act2,
+#       dtype casts); the backward stays the mmkat.group_rational_backward kernel (dx and the coefficient
+#       gradients in one pass, deterministic), reached through the C++ autograd kernel as in eager mode;
+#   'opaque': the forward kernel stays one opaque call too.
+# The decomposition is added to (or, for 'opaque', removed from) inductor's decomposition table when a graph
+# holding the op is traced (so that `import mmkat` does not import inductor); other backends keep the opaque
+# op. Set compile_forward before torch.compile traces (or call torch._dynamo.reset() after changing it).
 COMPILE_MODES = ('decomposed', 'opaque')
 ENV_COMPILE = 'MMKAT_COMPILE_FORWARD'
 
@@ -246,26 +249,59 @@ def _read_compile_mode() -> str:
 compile_forward = _read_compile_mode()  # set it (or the environment variable) before torch.compile traces
 
 
-class _FusableFunction(torch.autograd.Function):
-    """Forward: the reference formula (traceable, fusable). Backward: the compiled kernel."""
+def _decomposed_forward(x, weight_numerator, weight_denominator, groups):
+    return _reference_forward(x, weight_numerator, weight_denominator, groups)
 
-    @staticmethod
-    def forward(ctx, x, weight_numerator, weight_denominator, groups):
-        ctx.save_for_backward(x, weight_numerator, weight_denominator)
-        ctx.groups = groups
-        return _reference_forward(x, weight_numerator, weight_denominator, groups)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        x, wn, wd = ctx.saved_tensors
-        dx, dwn, dwd = _BACKWARD_OP(grad_output, x, wn, wd, ctx.groups)
-        return dx, dwn, dwd, None
+_CACHE_TAG = None  # the inductor pass that carries compile_forward into inductor's cache keys
+
+
+def _cache_tag_pass():
+    """A no-op inductor graph pass whose uuid names mmkat's version and compile_forward: inductor includes
+    a custom pass's uuid in its cache keys, so a graph compiled in one mode is never served in the other."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    from mmkat.version import __version__
+
+    class _MMKATCacheTag(CustomGraphPass):
+
+        def __call__(self, graph):
+            return None
+
+        def uuid(self):
+            return f'mmkat-{__version__}-group_rational-{compile_forward}'
+
+    return _MMKATCacheTag()
+
+
+@torch.compiler.assume_constant_result
+def _register_inductor_decomposition() -> bool:
+    """Add the forward's decomposition to inductor's table (once) and tag inductor's caches with
+    compile_forward; run at trace time, not traced."""
+    global _CACHE_TAG
+    from torch._inductor import config as inductor_config
+    from torch._inductor import decomposition as inductor_decompositions
+    table = inductor_decompositions.decompositions
+    registered = table.get(_FORWARD_OP) is _decomposed_forward
+    if _FORWARD_OP is not None and registered != (compile_forward == 'decomposed'):
+        if registered:
+            del table[_FORWARD_OP]  # 'opaque': inductor refuses an op that is both a fallback and decomposed
+        else:
+            table[_FORWARD_OP] = _decomposed_forward
+        cached = getattr(inductor_decompositions, 'fast_random_decomps', None)
+        if cached is not None and hasattr(cached, 'cache_clear'):
+            cached.cache_clear()  # a table copied by an earlier compilation must see the change
+    if _CACHE_TAG is None:
+        _CACHE_TAG = _cache_tag_pass()
+    if inductor_config.post_grad_custom_pre_pass is None:  # a user's own pass is left alone
+        inductor_config.post_grad_custom_pre_pass = _CACHE_TAG
+    return True
 
 
 def _compiled_call(x, weight_numerator, weight_denominator, groups):
     """The compiled kernels, eager or traced; inputs already checked."""
-    if compile_forward == 'decomposed' and torch.compiler.is_compiling():
-        return _FusableFunction.apply(x, weight_numerator, weight_denominator, groups)
+    if torch.compiler.is_compiling():
+        _register_inductor_decomposition()
     return _FORWARD_OP(x, weight_numerator, weight_denominator, groups)
 
 

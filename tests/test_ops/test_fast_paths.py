@@ -149,11 +149,14 @@ def test_torch_compile_modes_match_eager_and_stay_deterministic(mode, monkeypatc
 
 
 @requires_ext
-def test_decomposed_forward_leaves_no_forward_kernel_in_the_graph(monkeypatch):
-    """With 'decomposed', the traced forward holds only ATen pointwise ops (fusable); the backward graph
-    calls the group_rational_backward kernel."""
+@pytest.mark.parametrize('mode', ['decomposed', 'opaque'])
+def test_inductor_graphs_hold_the_decomposed_forward_and_the_backward_kernel(mode, monkeypatch):
+    """With 'decomposed', the forward graph inductor compiles holds only ATen pointwise ops (fusable) and
+    the backward graph calls the group_rational_backward kernel; with 'opaque', the forward kernel stays."""
     from torch._dynamo.backends.common import aot_autograd
-    monkeypatch.setattr(gr, 'compile_forward', 'decomposed')
+    from torch._inductor.decomposition import select_decomp_table
+    monkeypatch.setattr(gr, 'compile_forward', mode)
+    gr._register_inductor_decomposition()
     graphs = {}
 
     def keep(name):
@@ -165,10 +168,11 @@ def test_decomposed_forward_leaves_no_forward_kernel_in_the_graph(monkeypatch):
         return compiler
 
     torch._dynamo.reset()
-    backend = aot_autograd(fw_compiler=keep('forward'), bw_compiler=keep('backward'))
+    backend = aot_autograd(fw_compiler=keep('forward'), bw_compiler=keep('backward'),
+                           decompositions=select_decomp_table())
     model = _Block()
     torch.compile(model, backend=backend, fullgraph=True)(torch.randn(2, 3, 32)).sum().backward()
-    assert 'group_rational_forward' not in graphs['forward']
+    assert graphs['forward'].count('mmkat.group_rational_forward') == (0 if mode == 'decomposed' else 2)
     assert graphs['backward'].count('mmkat.group_rational_backward') == 2
     torch._dynamo.reset()
 

@@ -112,7 +112,8 @@ def test_cuda_torch_compile_trains_like_eager(mode, forward, monkeypatch):
     y, g = results[-1]
     torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
     for k in ref_g:
-        torch.testing.assert_close(g[k], ref_g[k], rtol=1e-4, atol=1e-5, msg=k)
+        err = ((g[k] - ref_g[k]).norm() / ref_g[k].norm()).item()
+        assert err < 1e-4, (k, err)
     assert all(torch.equal(results[1][1][k], g[k]) for k in g)
     torch._dynamo.reset()
 
