@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: build mmkat._C with CUDA, run the CUDA tests, time KAT against the same-size ViT
-# in training (tools/benchmark_train.py), then train KAT-T and its GELU ViT twin on Fashion-MNIST (both at
+# in training (tools/benchmark.py), then train KAT-T and its GELU ViT twin on Fashion-MNIST (both at
 # once on the one GPU, same recipe and seed) and evaluate them.
 # Carried: .whl (OpenMMLab wheels incl. mmcv-lite) and .device/fmnist (Debian's dataset-fashion-mnist files).
 #   bash benchmarks/device_cls.sh            (results under $OUT, or work_dirs/device)
@@ -13,7 +13,7 @@ python3 tools/data/fashion_mnist.py --src .device/fmnist --out data/fashion_mnis
 [ -n "${SKIP_TESTS:-}" ] || python3 -m pytest -q tests/test_ops/test_group_rational_cuda.py tests/test_models -m cuda > "$OUT/pytest_cuda.log" 2>&1
 tail -3 "$OUT/pytest_cuda.log"
 
-[ -n "${SKIP_BENCH:-}" ] || python3 tools/benchmark_train.py --archs tiny small base --batch-size 128 --timm \
+[ -n "${SKIP_BENCH:-}" ] || python3 tools/benchmark.py --archs tiny small base --modes train --compile eager \
   --out "$OUT/train_h200.json" 2>&1 | grep -v -i warn | tee "$OUT/benchmark_train.log"
 
 stamp=$(date +%s)  # fresh work dirs: tools/train.py refuses to train over earlier checkpoints

@@ -149,7 +149,8 @@ def profile_steps(runner: Runner, steps: int, top: int = 0) -> dict:
             runner.step()
         sync(runner.device)
         wall = time.perf_counter() - t0
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA
+               and not getattr(e, 'is_user_annotation', False) and '#' not in e.name]  # not ranges like AdamW.step
     total_us = sum(e.time_range.elapsed_us() for e in kernels)
     busy_us, end = 0., float('-inf')
     for e in sorted(kernels, key=lambda e: e.time_range.start):
@@ -347,7 +348,26 @@ def main(argv=None):
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
     parser.add_argument('--out', help='JSON file for the results')
     parser.add_argument('--chart', help='PNG bar chart of images/s')
+    parser.add_argument('--from-json', nargs='+', metavar='JSON',
+                        help='measure nothing: print the table (and draw --chart) of earlier result files')
     args = parser.parse_args(argv)
+    if args.from_json:
+        import json
+        rows, metas = [], []
+        for path in args.from_json:
+            try:
+                with open(path) as f:
+                    saved = json.load(f)
+                rows += saved['rows']
+                metas.append(saved['meta'])
+            except (OSError, ValueError, KeyError) as e:
+                parser.error(f'--from-json: {path} is not a result file of this tool ({type(e).__name__}: {e})')
+        print_table(rows, any('kernel_ms' in r for r in rows))
+        if args.chart:
+            m = metas[0]
+            draw_chart(rows, args.chart, f"{m['device']}, batch {m['batch_size']}, {m['img_size']} px, {m['dtype']} "
+                       f"autocast, torch {m['torch'].split('+')[0]}")
+        return rows
     for name in ('batch_size', 'img_size', 'steps', 'repeats'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')

@@ -84,7 +84,7 @@ def main(argv=None):
     cfg.resume = False
 
     _import_mmkat()
-    from mmkat.engine import allow_mmengine_checkpoints, missing_data
+    from mmkat.engine import allow_mmengine_checkpoints, compile_kat_modules, missing_data, take_compile_option
     missing = missing_data(cfg, ('test_dataloader', ))
     if missing:
         fail('the data this config tests on is not there:\n  ' + '\n  '.join(missing))
@@ -95,7 +95,10 @@ def main(argv=None):
 
     if cfg.get('default_scope'):
         init_default_scope(cfg.default_scope)  # look runner_type up in the config's scope
+    compile_kwargs = take_compile_option(cfg)  # see mmkat.engine.compile
     runner = RUNNERS.build(cfg)  # the config's runner_type (default Runner), through its from_cfg
+    if compile_kwargs is not None:
+        compile_kat_modules(runner.model, compile_kwargs)
 
     if args.out is not None:
         out_dir = osp.dirname(osp.abspath(args.out))

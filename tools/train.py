@@ -219,14 +219,17 @@ def main(argv=None):
              'to train on the CPU. Drop --amp to train in fp32.')
 
     _import_mmkat()
-    from mmkat.engine import allow_mmengine_checkpoints, missing_data
+    from mmkat.engine import allow_mmengine_checkpoints, compile_kat_modules, missing_data, take_compile_option
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
     missing = missing_data(cfg, loaders)
     if missing:
         fail('the data this config trains on is not there:\n  ' + '\n  '.join(missing))
     allow_mmengine_checkpoints()  # resuming reads mmengine's own checkpoints with weights_only=True
 
+    compile_kwargs = take_compile_option(cfg)  # mmengine's compile=True cannot trace its optimizer step
     runner = build_runner(cfg)
+    if compile_kwargs is not None:
+        compile_kat_modules(runner.model, compile_kwargs)
     runner.train()
 
 

@@ -1,7 +1,12 @@
-"""Training and testing helpers: the trusted-checkpoint allowlist, the data check of the tools, and the
-layer-decay optimizer-wrapper constructor (registered on mmengine's root registry)."""
+"""Training and testing helpers: the trusted-checkpoint allowlist, the data check of the tools, the tools'
+``compile`` option, and the layer-decay optimizer-wrapper constructor (registered on mmengine's root
+registry)."""
 from .checkpoint import allow_mmengine_checkpoints
+from .compile import compile_kat_modules, take_compile_option
 from .data_check import missing_data
 from .optimizers import KATLayerDecayOptimWrapperConstructor
 
-__all__ = ['allow_mmengine_checkpoints', 'missing_data', 'KATLayerDecayOptimWrapperConstructor']
+__all__ = [
+    'allow_mmengine_checkpoints', 'missing_data', 'KATLayerDecayOptimWrapperConstructor', 'compile_kat_modules',
+    'take_compile_option'
+]

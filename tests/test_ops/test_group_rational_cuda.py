@@ -119,14 +119,24 @@ def test_cuda_torch_compile_trains_like_eager(mode, forward, monkeypatch):
 
 
 def test_cuda_compiled_kat_under_autocast_matches_eager():
+    """A KAT with its released init under bf16 autocast: torch.compile moves the output away from eager
+    mode no more than it moves the same-size GELU ViT's (bf16 rounding differs between fused and unfused
+    code, so the two errors are compared, not an absolute tolerance)."""
     from mmkat.models import KAT
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = KAT('tiny', img_size=64, drop_path_rate=0.).cuda()
     x = torch.randn(4, 3, 64, 64, device='cuda')
-    with torch.autocast('cuda', dtype=torch.bfloat16):
-        expected = model(x)[-1].float()
-        out = torch.compile(model, fullgraph=True)(x)[-1].float()
-    err = ((out - expected).norm() / expected.norm()).item()
-    assert err < 2e-2, err
+    errors = {}
+    for mlp in ('kan', 'gelu'):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = KAT('tiny', img_size=64, drop_path_rate=0., mlp=mlp)
+        model.init_weights()
+        model = model.cuda().eval()
+        with torch.no_grad():
+            truth = model(x)[-1]
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                eager = model(x)[-1].float()
+                compiled = torch.compile(model, fullgraph=True)(x)[-1].float()
+        errors[mlp] = [((out - truth).norm() / truth.norm()).item() for out in (eager, compiled)]
+    (kat_eager, kat_compiled), (vit_eager, vit_compiled) = errors['kan'], errors['gelu']
+    assert kat_compiled <= 1.5 * max(kat_eager, vit_compiled) + 1e-3, errors
     torch._dynamo.reset()
