@@ -267,7 +267,8 @@ def draw_chart(rows, path, title):
                             va='bottom', fontsize=7)
         ax.set_xticks(range(len(archs)))
         ax.set_xticklabels(archs)
-        ax.set_title(f'{mode}, {comp}')
+        ax.set_title(f"{ {'train': 'training', 'infer': 'inference'}[mode]}, "
+                     f"{'eager' if comp == 'eager' else 'torch.compile' + ('' if comp == 'default' else f' ({comp})')}")
         ax.set_ylabel('images/s')
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)

@@ -35,7 +35,14 @@ def parse_args(argv=None):
         './work_dirs/<config file name without .py>)')
     parser.add_argument(
         '--out', metavar='FILE.pkl',
-        help="also dump the raw predictions to this pickle file (mmengine's DumpResults metric)")
+        help="also dump the raw predictions to this pickle file (mmengine's DumpResults metric); an existing "
+        'file is kept unless --force')
+    parser.add_argument('--force', action='store_true', help='let --out replace an existing file')
+    parser.add_argument(
+        '--allow-partial', action='store_true',
+        help='evaluate a checkpoint even when it leaves model parameters unloaded, has tensors of other '
+        'shapes or holds NaN/inf (by default such a checkpoint is refused, since its metrics would not be '
+        "the checkpoint's)")
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
         help='override config entries, e.g. test_dataloader.batch_size=8; lists as key="[a,b]" or '
@@ -67,6 +74,8 @@ def main(argv=None):
         fail(f'checkpoint not found: {args.checkpoint}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         fail(f'--out must name a .pkl or .pickle file, got {args.out}')
+    if args.out is not None and osp.exists(args.out) and not args.force:
+        fail(f'--out: {args.out} exists; pass --force to replace it, or name another file')
 
     from mmengine.config import Config
 
@@ -84,7 +93,10 @@ def main(argv=None):
     cfg.resume = False
 
     _import_mmkat()
-    from mmkat.engine import allow_mmengine_checkpoints, compile_kat_modules, missing_data, take_compile_option
+    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, missing_data,
+                              take_compile_option)
+    if config_copy_clash(cfg.work_dir, args.config):
+        fail(config_copy_clash(cfg.work_dir, args.config))
     missing = missing_data(cfg, ('test_dataloader', ))
     if missing:
         fail('the data this config tests on is not there:\n  ' + '\n  '.join(missing))
@@ -99,6 +111,19 @@ def main(argv=None):
     runner = RUNNERS.build(cfg)  # the config's runner_type (default Runner), through its from_cfg
     if compile_kwargs is not None:
         compile_kat_modules(runner.model, compile_kwargs)
+
+    if '://' not in args.checkpoint:  # a local file: does it fill the model? (mmengine only logs misses)
+        from mmkat.engine.checkpoint_fit import checkpoint_fit, describe_fit
+        try:
+            problems = describe_fit(checkpoint_fit(runner.model, args.checkpoint), runner.model)
+        except ValueError as e:
+            fail(str(e))
+        if problems and not args.allow_partial:
+            fail(f'{args.checkpoint} does not fit the model of {args.config}; its metrics would not be the '
+                 "checkpoint's:\n  " + '\n  '.join(problems) +
+                 '\n  (--allow-partial evaluates it anyway)')
+        for problem in problems:
+            print(f'{PROG}: warning (--allow-partial): {problem}', file=sys.stderr)
 
     if args.out is not None:
         out_dir = osp.dirname(osp.abspath(args.out))

@@ -38,9 +38,9 @@ def parse_args(argv=None):
         './work_dirs/<config file name without .py>)')
     parser.add_argument(
         '--resume', nargs='?', const='auto', metavar='CKPT',
-        help='continue training: with no value, from the latest checkpoint in the work dir (its '
-        'last_checkpoint file; a fresh start when there is none); with a path, from that checkpoint '
-        '(model, optimizer, schedulers, epoch/iteration and logs)')
+        help='continue training: with no value, from the newest complete checkpoint in the work dir (the one '
+        'its last_checkpoint file names, else the highest epoch_/iter_ file; refused when there is none); '
+        'with a path, from that checkpoint (model, optimizer, schedulers, epoch/iteration and logs)')
     parser.add_argument(
         '--overwrite', action='store_true',
         help='train from scratch in a work dir that already holds checkpoints. mmengine writes new '
@@ -181,6 +181,35 @@ def guard_work_dir(cfg, args):
          'replaced), or another --work-dir.')
 
 
+def resolve_resume(cfg, args):
+    """Resuming without a named checkpoint: pick the newest complete one in the work dir ourselves, so that
+    an empty last_checkpoint, a truncated latest file or a moved work dir do not crash or restart the run."""
+    if not cfg.get('resume') or cfg.get('load_from') or _is_remote(cfg.work_dir):
+        return
+    from mmkat.engine.hooks import find_resume_checkpoint
+    path, notes, found_any = find_resume_checkpoint(cfg.work_dir)
+    for note in notes:
+        print(f'{PROG}: resume: {note}', file=sys.stderr)
+    if path is not None:
+        print(f'{PROG}: resume: continuing from {path}', file=sys.stderr)
+        cfg.load_from = path
+        return
+    if found_any:
+        fail(f'--resume: the work dir {cfg.work_dir} holds checkpoints, but none is complete; name one with '
+             '--resume CKPT, or pass --overwrite to start again')
+    if args.resume == 'auto':
+        fail(f'--resume: there is no checkpoint to resume from in {cfg.work_dir}; drop --resume to start a new '
+             'run there')
+    cfg.resume = False  # the config's resume=True with nothing there yet: a fresh start, nothing to lose
+
+
+def use_safe_checkpoint_hook(cfg):
+    """Put mmkat's KATCheckpointHook (atomic saves, nothing deleted at resume) in place of CheckpointHook."""
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if hook and hook.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
+        hook['type'] = 'KATCheckpointHook'
+
+
 def _accelerator_available():
     from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
     return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
@@ -213,13 +242,18 @@ def main(argv=None):
 
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
+    _import_mmkat()
+    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, missing_data,
+                              take_compile_option)
+    if config_copy_clash(cfg.work_dir, args.config):
+        fail(config_copy_clash(cfg.work_dir, args.config))
     guard_work_dir(cfg, args)
+    resolve_resume(cfg, args)
+    use_safe_checkpoint_hook(cfg)
     if args.amp and not _accelerator_available():
         fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
              'to train on the CPU. Drop --amp to train in fp32.')
 
-    _import_mmkat()
-    from mmkat.engine import allow_mmengine_checkpoints, compile_kat_modules, missing_data, take_compile_option
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
     missing = missing_data(cfg, loaders)
     if missing:

@@ -3,10 +3,11 @@
 registry)."""
 from .checkpoint import allow_mmengine_checkpoints
 from .compile import compile_kat_modules, take_compile_option
-from .data_check import missing_data
+from .data_check import config_copy_clash, missing_data
+from .hooks import KATCheckpointHook
 from .optimizers import KATLayerDecayOptimWrapperConstructor
 
 __all__ = [
     'allow_mmengine_checkpoints', 'missing_data', 'KATLayerDecayOptimWrapperConstructor', 'compile_kat_modules',
-    'take_compile_option'
+    'take_compile_option', 'config_copy_clash', 'KATCheckpointHook'
 ]

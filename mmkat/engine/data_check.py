@@ -1,4 +1,5 @@
 """Say where a config expects its data, and how to get it, before a run starts loading it."""
+import os
 import os.path as osp
 from typing import Iterator, List, Tuple
 
@@ -60,3 +61,16 @@ def missing_data(cfg, loaders=('train_dataloader', 'val_dataloader')) -> List[st
             messages.append(f'{loader}: {kind} expects {missing!r}, which does not exist. {hint}. Data elsewhere: '
                             f'--cfg-options {key}.data_root=PATH')
     return messages
+
+
+def config_copy_clash(work_dir: str, config: str) -> str:
+    """mmengine's Runner writes the merged config to <work dir>/<config file name>. When that is the config
+    file itself, return the message that says so (it would lose its comments and _base_); else ''."""
+    if '://' in str(work_dir):
+        return ''
+    dump = os.path.join(work_dir, os.path.basename(config))
+    if os.path.abspath(dump) != os.path.abspath(config):
+        return ''
+    return (f'the config {config} lies in the work dir {work_dir}, where mmengine writes its copy of the merged '
+            'config under the same name (its comments and _base_ would be lost): move the config or pass another '
+            '--work-dir')

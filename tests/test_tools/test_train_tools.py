@@ -174,7 +174,7 @@ def test_resume_continues_from_the_latest_checkpoint(tiny, trained):
     rc, log = run_tool(TRAIN, tiny.config, '--work-dir', trained.work_dir, '--resume',
                        '--cfg-options', 'train_cfg.max_epochs=3', cwd=tiny.root)
     assert rc == 0, log[-3000:]
-    assert 'Auto resumed from the latest checkpoint' in log and 'epoch_2.pth' in log
+    assert 'resume: continuing from' in log and 'epoch_2.pth' in log
     assert 'resumed epoch: 2' in log
     assert 'Epoch(train) [1]' not in log and 'Epoch(train) [3]' in log
     assert (trained.work_dir / 'epoch_3.pth').is_file()

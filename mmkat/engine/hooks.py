@@ -1,0 +1,157 @@
+"""KATCheckpointHook: mmengine's CheckpointHook, without its ways of losing checkpoints.
+
+mmengine 0.10.7's hook (1) deletes the oldest kept checkpoint BEFORE it writes the new one, so a kill
+while saving with ``max_keep_ckpts=1`` leaves none; (2) writes the checkpoint and ``last_checkpoint`` in
+place, so a kill can leave a truncated ``.pth`` or an empty ``last_checkpoint``; (3) on resume, deletes
+every checkpoint beyond the config's ``max_keep_ckpts`` before training starts (also when the resume then
+fails); (4) stores an absolute path in ``last_checkpoint``, so a moved work dir cannot resume and a copied
+one resumes from the original folder. This hook, which ``tools/train.py`` puts in place of a config's
+``CheckpointHook``:
+
+* writes each checkpoint to a temporary name in the same folder and renames it when complete;
+* then writes ``last_checkpoint`` the same way, holding the checkpoint's path relative to the work dir
+  (when it lies inside it);
+* removes an old checkpoint only after the new one is complete, and never at resume time (the ones a
+  smaller ``max_keep_ckpts`` would drop are kept, and the log says so).
+
+Remote out_dirs (``s3://`` ...) keep mmengine's behaviour.
+"""
+import os
+import os.path as osp
+
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f'{path}.partial'
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def last_checkpoint_entry(checkpoint: str, work_dir: str) -> str:
+    """What ``last_checkpoint`` holds: the path relative to the work dir when inside it, else as given."""
+    if '://' in checkpoint:
+        return checkpoint
+    rel = osp.relpath(osp.abspath(checkpoint), osp.abspath(work_dir))
+    return checkpoint if rel.startswith(os.pardir) else rel
+
+
+@HOOKS.register_module()
+class KATCheckpointHook(CheckpointHook):
+    """A CheckpointHook whose saves are atomic and which never deletes at resume (see the module doc)."""
+
+    def _local(self) -> bool:
+        return '://' not in str(self.out_dir)
+
+    def before_train(self, runner) -> None:
+        hub = runner.message_hub
+        if self.max_keep_ckpts > 0 and 'keep_ckpt_ids' in hub.runtime_info:
+            kept = list(hub.get_info('keep_ckpt_ids'))
+            if len(kept) > self.max_keep_ckpts:
+                older = kept[:-self.max_keep_ckpts]
+                hub.update_info('keep_ckpt_ids', kept[-self.max_keep_ckpts:])
+                runner.logger.info(
+                    f'KATCheckpointHook: the resumed run kept {len(kept)} checkpoints and this config keeps '
+                    f'{self.max_keep_ckpts}; the older ones ({", ".join(self.filename_tmpl.format(s) for s in older)})'
+                    ' are left in place, not deleted')
+        super().before_train(runner)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        if not self._local():
+            return super()._save_checkpoint_with_step(runner, step, meta)
+        drop = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                drop = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+
+        filename = self.filename_tmpl.format(step)
+        final = osp.join(self.out_dir, filename)
+        self.last_ckpt = final
+        runner.message_hub.update_info('last_ckpt', final)
+        partial = f'.{filename}.partial'
+        runner.save_checkpoint(self.out_dir, partial, self.file_client_args, save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                               backend_args=self.backend_args, **self.args)
+        if not is_main_process():
+            return
+        os.replace(osp.join(self.out_dir, partial), final)
+        _atomic_write_text(osp.join(runner.work_dir, 'last_checkpoint'),
+                           last_checkpoint_entry(final, runner.work_dir))
+        if drop is not None and drop != step:
+            old = osp.join(self.out_dir, self.filename_tmpl.format(drop))
+            if osp.isfile(old):
+                os.remove(old)
+
+
+def checkpoint_is_complete(path: str) -> bool:
+    """A cheap check that a torch checkpoint file was written to the end: torch's zip format keeps its
+    directory at the end of the file, which a truncated file lacks. (A pre-zip file is loaded instead.)"""
+    import zipfile
+    try:
+        if osp.getsize(path) == 0:
+            return False
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith('/data.pkl') or n == 'data.pkl' for n in z.namelist())
+        import torch
+        torch.load(path, map_location='cpu', weights_only=True)
+        return True
+    except Exception:
+        return False
+
+
+def _step_of(name: str) -> int:
+    digits = ''.join(c if c.isdigit() else ' ' for c in name).split()
+    return int(digits[-1]) if digits else -1
+
+
+def find_resume_checkpoint(work_dir: str):
+    """The checkpoint a resume in ``work_dir`` continues from, and notes on what was passed over.
+
+    ``last_checkpoint`` first (a relative entry is relative to the work dir; an absolute one that is gone,
+    or lies outside the work dir while a file of that name is inside it, is looked for in the work dir),
+    then the work dir's ``epoch_*.pth`` / ``iter_*.pth`` from the highest step down. Files that were not
+    written to the end are skipped. Returns (path or None, notes, found_any_checkpoint).
+    """
+    import glob
+    notes, tried = [], set()
+    marker = osp.join(work_dir, 'last_checkpoint')
+    candidates = []
+    if osp.isfile(marker):
+        with open(marker) as f:
+            entry = f.read().strip()
+        if not entry:
+            notes.append(f'{marker} is empty')
+        else:
+            path = entry if osp.isabs(entry) or '://' in entry else osp.join(work_dir, entry)
+            local = osp.join(work_dir, osp.basename(entry))
+            outside = osp.isabs(entry) and osp.dirname(osp.abspath(entry)) != osp.abspath(work_dir)
+            if '://' not in entry and (not osp.isfile(path) or outside) and osp.isfile(local):
+                notes.append(f'last_checkpoint names {entry}; using the file of that name in the work dir, {local}')
+                path = local
+            candidates.append(path)
+    pattern = [p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
+               if osp.basename(p).startswith(('epoch_', 'iter_'))]
+    candidates += sorted(pattern, key=lambda p: _step_of(osp.basename(p)), reverse=True)
+    found_any = bool(pattern) or bool(candidates)
+    for path in candidates:
+        if path in tried:
+            continue
+        tried.add(path)
+        if '://' in path:
+            return path, notes, True
+        if not osp.isfile(path):
+            notes.append(f'{path} (named by last_checkpoint) does not exist')
+            continue
+        if not checkpoint_is_complete(path):
+            notes.append(f'{path} is incomplete (written only in part), skipped')
+            continue
+        return path, notes, True
+    return None, notes, found_any
