@@ -94,7 +94,7 @@ def main(argv=None):
 
     _import_mmkat()
     from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, missing_data,
-                              take_compile_option)
+                              setup_cpu_distributed, take_compile_option)
     if config_copy_clash(cfg.work_dir, args.config):
         fail(config_copy_clash(cfg.work_dir, args.config))
     missing = missing_data(cfg, ('test_dataloader', ))
@@ -108,6 +108,7 @@ def main(argv=None):
     if cfg.get('default_scope'):
         init_default_scope(cfg.default_scope)  # look runner_type up in the config's scope
     compile_kwargs = take_compile_option(cfg)  # see mmkat.engine.compile
+    setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
     runner = RUNNERS.build(cfg)  # the config's runner_type (default Runner), through its from_cfg
     if compile_kwargs is not None:
         compile_kat_modules(runner.model, compile_kwargs)

@@ -244,7 +244,7 @@ def main(argv=None):
     cfg = merge_args(cfg, args)
     _import_mmkat()
     from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, missing_data,
-                              take_compile_option)
+                              setup_cpu_distributed, take_compile_option)
     if config_copy_clash(cfg.work_dir, args.config):
         fail(config_copy_clash(cfg.work_dir, args.config))
     guard_work_dir(cfg, args)
@@ -261,6 +261,7 @@ def main(argv=None):
     allow_mmengine_checkpoints()  # resuming reads mmengine's own checkpoints with weights_only=True
 
     compile_kwargs = take_compile_option(cfg)  # mmengine's compile=True cannot trace its optimizer step
+    setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
     runner = build_runner(cfg)
     if compile_kwargs is not None:
         compile_kat_modules(runner.model, compile_kwargs)

@@ -4,10 +4,12 @@ registry)."""
 from .checkpoint import allow_mmengine_checkpoints
 from .compile import compile_kat_modules, take_compile_option
 from .data_check import config_copy_clash, missing_data
+from .dist import setup_cpu_distributed
 from .hooks import KATCheckpointHook
 from .optimizers import KATLayerDecayOptimWrapperConstructor
 
 __all__ = [
     'allow_mmengine_checkpoints', 'missing_data', 'KATLayerDecayOptimWrapperConstructor', 'compile_kat_modules',
-    'take_compile_option', 'config_copy_clash', 'KATCheckpointHook'
+    'take_compile_option', 'config_copy_clash', 'KATCheckpointHook',
+    'setup_cpu_distributed'
 ]

@@ -12,16 +12,40 @@ one resumes from the original folder. This hook, which ``tools/train.py`` puts i
 * then writes ``last_checkpoint`` the same way, holding the checkpoint's path relative to the work dir
   (when it lies inside it);
 * removes an old checkpoint only after the new one is complete, and never at resume time (the ones a
-  smaller ``max_keep_ckpts`` would drop are kept, and the log says so).
+  smaller ``max_keep_ckpts`` would drop are kept, and the log says so);
+* stores the random number generators' states (python, numpy, torch CPU and CUDA, of every rank) in each
+  checkpoint and restores them on resume, so an interrupted and resumed run takes the same random draws
+  (drop path, augmentation in the main process) as an uninterrupted one. For that, validation leaves the
+  generators as it found them (it runs after the checkpoint is written, and a resumed run does not repeat
+  it); training's random draws then do not depend on ``val_interval`` either.
 
 Remote out_dirs (``s3://`` ...) keep mmengine's behaviour.
 """
 import os
 import os.path as osp
+import random
 
+import numpy as np
+import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
+
+
+def _rng_states() -> dict:
+    states = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(state: dict) -> None:
+    version, internal, gauss = state['python']  # a loaded checkpoint may hold lists where tuples were
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 def _atomic_write_text(path: str, text: str) -> None:
@@ -61,6 +85,32 @@ class KATCheckpointHook(CheckpointHook):
                     ' are left in place, not deleted')
         super().before_train(runner)
 
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        # Runner.save_checkpoint runs on rank 0 only: every rank's states were gathered before it was called
+        # (a best_*.pth checkpoint, saved outside that path, holds rank 0's).
+        gathered, self._gathered_rng = getattr(self, '_gathered_rng', None), None
+        checkpoint['rng_states'] = gathered or [_rng_states()]
+
+    def before_val_epoch(self, runner) -> None:
+        self._rng_before_val = _rng_states()
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        state = getattr(self, '_rng_before_val', None)
+        if state is not None:
+            _set_rng_states(state)
+            self._rng_before_val = None
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        from mmengine.dist import get_rank
+        states = checkpoint.get('rng_states')
+        rank = get_rank()
+        if not states or rank >= len(states):
+            runner.logger.info('KATCheckpointHook: the checkpoint holds no random generator states for this rank; '
+                               'the resumed run draws other random numbers than an uninterrupted one would')
+            return
+        _set_rng_states(states[rank])
+        runner.logger.info(f'KATCheckpointHook: random generator states of rank {rank} restored')
+
     def _save_checkpoint_with_step(self, runner, step, meta):
         if not self._local():
             return super()._save_checkpoint_with_step(runner, step, meta)
@@ -76,6 +126,9 @@ class KATCheckpointHook(CheckpointHook):
         self.last_ckpt = final
         runner.message_hub.update_info('last_ckpt', final)
         partial = f'.{filename}.partial'
+        from mmengine.dist import all_gather_object, get_world_size
+        states = _rng_states()  # collective: every rank calls this method
+        self._gathered_rng = all_gather_object(states) if get_world_size() > 1 else [states]
         runner.save_checkpoint(self.out_dir, partial, self.file_client_args, save_optimizer=self.save_optimizer,
                                save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
                                backend_args=self.backend_args, **self.args)

@@ -274,8 +274,27 @@ def test_shape_mismatch_fails_and_unknown_keys_are_reported(caplog):
     extra = dict(sd)
     extra['blocks.0.attn.extra'] = torch.zeros(1)
     del extra['blocks.3.norm2.bias']
-    report = small_kat().load_pretrained(extra)
+    with pytest.raises(ValueError, match=r'leaves 1 of \d+ backbone tensors unloaded \(blocks.3.norm2.bias\).*'
+                       'allow_missing=True'):
+        small_kat().load_pretrained(extra)
+    report = small_kat().load_pretrained(extra, allow_missing=True)
     assert report['unexpected'] == ['blocks.0.attn.extra'] and report['missing'] == ['blocks.3.norm2.bias']
+
+
+def test_a_checkpoint_that_fills_little_of_the_backbone_or_holds_nan_is_refused(tmp_path):
+    sd = released_like_state_dict()
+    two = {k: sd[k] for k in ('blocks.0.attn.qkv.weight', 'blocks.0.mlp.fc1.weight')}  # 2 of a 4-block backbone's
+    with pytest.raises(ValueError, match='backbone tensors unloaded'):
+        small_kat().load_pretrained(two)
+    nan = dict(sd)
+    nan['blocks.2.attn.qkv.weight'] = torch.full_like(sd['blocks.2.attn.qkv.weight'], float('nan'))
+    path = tmp_path / 'nan.pth'
+    torch.save(nan, path)
+    model = small_kat(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(ValueError, match=r'nan.pth holds NaN or inf in 1 tensors \(blocks.2.attn.qkv.weight\)'):
+        model.init_weights()
+    torch.save(two, path)
+    small_kat(init_cfg=dict(type='Pretrained', checkpoint=str(path), allow_missing=True)).init_weights()
 
 
 def test_kat_checkpoint_into_the_gelu_twin_is_refused():

@@ -177,3 +177,36 @@ def test_max_keep_ckpts_keeps_the_old_checkpoint_until_the_new_one_is_complete(t
     assert not (tmp_path / 'epoch_1.pth').exists() and (tmp_path / 'epoch_2.pth').is_file()
     assert (tmp_path / 'last_checkpoint').read_text() == 'epoch_2.pth'
     assert not [p for p in os.listdir(tmp_path) if p.endswith('.partial') and 'epoch_2' in p]
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_ends_bitwise_equal(tmp_path):
+    """The demo (drop path 0.05, random flip): 2 epochs straight, and the same run resumed from its epoch-1
+    checkpoint alone, end with the same weights to the bit."""
+    import os.path as osp
+    import subprocess
+    import sys
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    config = osp.join(root, 'configs', 'kat', 'demo', 'kat_demo_shapes.py')
+    small = ['--cfg-options', 'train_dataloader.dataset.num_per_class=4', 'val_dataloader.dataset.num_per_class=2',
+             'train_dataloader.batch_size=8', 'train_cfg.max_epochs=2', 'train_cfg.val_interval=1',
+             'default_hooks.checkpoint.interval=1']
+
+    def train_tool(work, *extra):
+        proc = subprocess.run([sys.executable, osp.join(root, 'tools', 'train.py'), config, '--work-dir', str(work),
+                               *extra, *small], cwd=root, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    straight = tmp_path / 'straight'
+    train_tool(straight)
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    shutil.copy(straight / 'epoch_1.pth', resumed / 'epoch_1.pth')
+    (resumed / 'last_checkpoint').write_text('epoch_1.pth')
+    log = train_tool(resumed, '--resume')
+    assert 'random generator states of rank 0 restored' in log and 'resumed epoch: 1' in log
+    a = torch.load(straight / 'epoch_2.pth', map_location='cpu', weights_only=False)['state_dict']
+    b = torch.load(resumed / 'epoch_2.pth', map_location='cpu', weights_only=False)['state_dict']
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

@@ -4,6 +4,7 @@ One class serves every task (``out_type``/``out_indices`` pick what the neck or 
 released timm checkpoints under their own key names, and builds the same-size GELU ViT with ``mlp='gelu'``.
 """
 import math
+import re
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -244,7 +245,8 @@ class KAT(BaseModule):
             # what the checkpoint does not hold (e.g. the rationals of a ViT) keeps this init; the costly
             # mimetic init is skipped since the checkpoint overwrites every attention weight
             self.init_from_scratch(attention=False)
-            self.load_pretrained(pretrained['checkpoint'], prefer_ema=pretrained.get('prefer_ema', False))
+            self.load_pretrained(pretrained['checkpoint'], prefer_ema=pretrained.get('prefer_ema', False),
+                                 allow_missing=pretrained.get('allow_missing', False))
             self._is_init = True
 
     def _pretrained_cfg(self) -> Optional[dict]:
@@ -255,10 +257,10 @@ class KAT(BaseModule):
         if pretrained:
             if len(cfgs) > 1:
                 raise ValueError('KAT: a Pretrained init_cfg cannot be combined with other init types')
-            extra = set(pretrained[0]) - {'type', 'checkpoint', 'prefer_ema', 'map_location'}
+            extra = set(pretrained[0]) - {'type', 'checkpoint', 'prefer_ema', 'map_location', 'allow_missing'}
             if extra or 'checkpoint' not in pretrained[0]:
-                raise KeyError(f"KAT: init_cfg=dict(type='Pretrained', checkpoint=PATH[, prefer_ema=False]), "
-                               f'got {pretrained[0]}')
+                raise KeyError(f"KAT: init_cfg=dict(type='Pretrained', checkpoint=PATH[, prefer_ema=False, "
+                               f'allow_missing=False]), got {pretrained[0]}')
             return pretrained[0]
         return None
 
@@ -288,11 +290,15 @@ class KAT(BaseModule):
         if self.final_norm:
             self.norm.reset_parameters()
 
-    def load_pretrained(self, checkpoint: Union[str, dict], prefer_ema: bool = False) -> Dict[str, list]:
+    def load_pretrained(self, checkpoint: Union[str, dict], prefer_ema: bool = False,
+                        allow_missing: bool = False) -> Dict[str, list]:
         """Load a released KAT / timm ViT / mmkat checkpoint (path or loaded dict) into this backbone.
 
-        Classifier keys are dropped, the position embedding and relative tables are resized, missing and
-        unexpected keys are logged; any shape mismatch raises. Returns the report.
+        Classifier keys are dropped, the position embedding and relative tables are resized, unexpected keys
+        are logged. Refused: any shape mismatch, NaN or inf in a tensor, and a checkpoint that leaves backbone
+        tensors unloaded, except the ones no released file holds (the rationals of a ViT checkpoint, the
+        ViTDet relative-position tables) unless ``allow_missing=True`` (then they keep their init and are
+        logged). Returns the report.
         """
         source = checkpoint if isinstance(checkpoint, str) else '<dict>'
         if isinstance(checkpoint, str):
@@ -300,6 +306,20 @@ class KAT(BaseModule):
         state_dict, report = backbone_state_dict(checkpoint, prefer_ema)
         if report['kind'] == ['kat'] and self.mlp != 'kan':
             raise ValueError(f"KAT: {source} is a KAT checkpoint but this backbone has mlp='gelu'")
+        non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if non_finite:
+            raise ValueError(f'KAT: {source} holds NaN or inf in {len(non_finite)} tensors '
+                             f'({", ".join(non_finite[:5])}{", ..." if len(non_finite) > 5 else ""}); refusing to '
+                             'load it')
+        own = self.state_dict()
+        unloaded = [k for k in own if k not in state_dict and not re.search(r'(^|\.)rel_pos_[hw]$', k)
+                    and not (report['kind'] == ['vit'] and ('.act1.' in k or '.act2.' in k))]
+        if unloaded and not allow_missing:
+            raise ValueError(
+                f'KAT: {source} leaves {len(unloaded)} of {len(own)} backbone tensors unloaded '
+                f'({", ".join(unloaded[:5])}{", ..." if len(unloaded) > 5 else ""}): is it a checkpoint of this '
+                "backbone? Pass allow_missing=True (init_cfg=dict(type='Pretrained', ..., allow_missing=True)) "
+                'to load it and keep their init')
         result = self.load_state_dict(state_dict, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
         print_log(f'KAT: loaded {source} ({report["kind"][0]} weights from {report["source"][0]}); dropped the '
