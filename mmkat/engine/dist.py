@@ -15,7 +15,10 @@ def setup_cpu_distributed(cfg) -> bool:
         return False
     import torch.distributed as dist
     if not dist.is_initialized():
+        import atexit
         dist.init_process_group(backend='gloo')  # rank, world size and address from torchrun's env://
+        # gloo's threads must be joined before the interpreter tears down, or the process may abort at exit
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
                                      find_unused_parameters=cfg.get('find_unused_parameters', False))
