@@ -93,8 +93,8 @@ def main(argv=None):
     cfg.resume = False
 
     _import_mmkat()
-    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, missing_data,
-                              setup_cpu_distributed, take_compile_option)
+    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, data_errors_named,
+                              missing_data, setup_cpu_distributed, take_compile_option)
     if config_copy_clash(cfg.work_dir, args.config):
         fail(config_copy_clash(cfg.work_dir, args.config))
     missing = missing_data(cfg, ('test_dataloader', ))
@@ -131,7 +131,8 @@ def main(argv=None):
         os.makedirs(out_dir, exist_ok=True)
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
 
-    runner.test()
+    with data_errors_named(cfg, fail):
+        runner.test()
 
 
 if __name__ == '__main__':

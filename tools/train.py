@@ -243,8 +243,8 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
     _import_mmkat()
-    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, missing_data,
-                              setup_cpu_distributed, take_compile_option)
+    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, data_errors_named,
+                              missing_data, setup_cpu_distributed, take_compile_option)
     if config_copy_clash(cfg.work_dir, args.config):
         fail(config_copy_clash(cfg.work_dir, args.config))
     guard_work_dir(cfg, args)
@@ -262,10 +262,11 @@ def main(argv=None):
 
     compile_kwargs = take_compile_option(cfg)  # mmengine's compile=True cannot trace its optimizer step
     setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
-    runner = build_runner(cfg)
-    if compile_kwargs is not None:
-        compile_kat_modules(runner.model, compile_kwargs)
-    runner.train()
+    with data_errors_named(cfg, fail):
+        runner = build_runner(cfg)
+        if compile_kwargs is not None:
+            compile_kat_modules(runner.model, compile_kwargs)
+        runner.train()
 
 
 if __name__ == '__main__':

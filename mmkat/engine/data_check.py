@@ -1,7 +1,8 @@
 """Say where a config expects its data, and how to get it, before a run starts loading it."""
+import contextlib
 import os
 import os.path as osp
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 HINTS = {
     'CocoDataset': ('COCO 2017: download train2017/, val2017/ and annotations/ (instances_*2017.json) from '
@@ -74,3 +75,61 @@ def config_copy_clash(work_dir: str, config: str) -> str:
     return (f'the config {config} lies in the work dir {work_dir}, where mmengine writes its copy of the merged '
             'config under the same name (its comments and _base_ would be lost): move the config or pass another '
             '--work-dir')
+
+
+def _json_files(cfg) -> List[str]:
+    """Local .json files a config reads: datasets' annotation files (under their data_root) and evaluators'
+    ann_file entries."""
+    paths = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader_cfg = cfg.get(loader)
+        if loader_cfg and 'dataset' in loader_cfg:
+            for _, dataset in _datasets(loader_cfg['dataset'], loader):
+                ann = dataset.get('ann_file') or ''
+                if ann:
+                    paths.append(osp.join(dataset.get('data_root') or '', ann))
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        items = cfg.get(evaluator) or []
+        for item in items if isinstance(items, (list, tuple)) else [items]:
+            if isinstance(item, dict) and item.get('ann_file'):
+                paths.append(item['ann_file'])
+    return [p for p in dict.fromkeys(paths) if p.endswith('.json') and '://' not in p and osp.isfile(p)]
+
+
+def explain_data_error(cfg, error: BaseException) -> str:
+    """A message naming the file behind a data error that does not name it itself, or '' when none is found.
+
+    A JSONDecodeError while a dataset or evaluator loads its annotations: the config's annotation files are
+    parsed again to find the one that is not valid JSON."""
+    import json
+    if not isinstance(error, json.JSONDecodeError):
+        return ''
+    for path in _json_files(cfg):
+        try:
+            with open(path) as f:
+                json.load(f)
+        except json.JSONDecodeError as e:
+            return f'{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})'
+        except (OSError, UnicodeDecodeError) as e:
+            return f'{path} could not be read as JSON ({type(e).__name__}: {e})'
+    return ''
+
+
+@contextlib.contextmanager
+def data_errors_named(cfg, fail: Callable[[str], None]):
+    """For the tools: rewrite ``cfg``'s pipelines to load images with KATLoadImageFromFile, and turn data
+    errors that do not name their file (a 0-byte image, an annotation file that is not JSON) into a call of
+    ``fail`` with a message that does."""
+    import json
+
+    from mmkat.datasets.transforms import UnreadableImageError, name_unreadable_images
+    name_unreadable_images(cfg)
+    try:
+        yield
+    except UnreadableImageError as e:
+        fail(str(e).strip())
+    except json.JSONDecodeError as e:
+        message = explain_data_error(cfg, e)
+        if not message:
+            raise
+        fail(message)

@@ -210,3 +210,37 @@ def test_interrupted_and_resumed_run_ends_bitwise_equal(tmp_path):
     b = torch.load(resumed / 'epoch_2.pth', map_location='cpu', weights_only=False)['state_dict']
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+# ------------------------------------------------------------------------------------------ bad data
+def test_a_zero_byte_image_is_named(tiny, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(tiny.root / 'data', data)
+    (data / 'c1' / '2.png').write_bytes(b'')
+    config = tmp_path / 'lenet_broken.py'
+    config.write_text(tiny.config.read_text().replace(repr(str(tiny.root / 'data')), repr(str(data))))
+    rc, log = run_tool(TRAIN, config, '--work-dir', tmp_path / 'work', cwd=tiny.root)
+    assert rc == 1 and f'could not read the image {data / "c1" / "2.png"}, 0 bytes' in log, log[-3000:]
+    assert 'Traceback' not in log
+
+
+def test_an_annotation_file_that_is_not_json_is_named(tmp_path):
+    from mmengine.config import Config
+
+    from mmkat.engine import explain_data_error
+    (tmp_path / 'ann').mkdir()
+    good, bad = tmp_path / 'ann' / 'val.json', tmp_path / 'ann' / 'train.json'
+    good.write_text('{"images": []}')
+    bad.write_text('{"images": [1, 2,')
+    cfg = Config(dict(
+        train_dataloader=dict(dataset=dict(type='CocoDataset', data_root=str(tmp_path), ann_file='ann/train.json')),
+        val_dataloader=dict(dataset=dict(type='CocoDataset', data_root=str(tmp_path), ann_file='ann/val.json')),
+        val_evaluator=dict(type='CocoMetric', ann_file=str(good))))
+    import json
+    try:
+        json.loads(bad.read_text())
+    except json.JSONDecodeError as e:
+        error = e
+    message = explain_data_error(cfg, error)
+    assert message.startswith(f'{bad} is not valid JSON (') and 'line 1' in message
+    assert explain_data_error(cfg, ValueError('other')) == ''
