@@ -95,8 +95,9 @@ def main(argv=None):
     _import_mmkat()
     from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, data_errors_named,
                               missing_data, setup_cpu_distributed, take_compile_option)
-    if config_copy_clash(cfg.work_dir, args.config):
-        fail(config_copy_clash(cfg.work_dir, args.config))
+    clash = config_copy_clash(cfg.work_dir, args.config)
+    if clash:
+        fail(clash)
     missing = missing_data(cfg, ('test_dataloader', ))
     if missing:
         fail('the data this config tests on is not there:\n  ' + '\n  '.join(missing))
@@ -114,9 +115,9 @@ def main(argv=None):
         compile_kat_modules(runner.model, compile_kwargs)
 
     if '://' not in args.checkpoint:  # a local file: does it fill the model? (mmengine only logs misses)
-        from mmkat.engine.checkpoint_fit import checkpoint_fit, describe_fit
+        from mmkat.engine.checkpoint_fit import checkpoint_fit
         try:
-            problems = describe_fit(checkpoint_fit(runner.model, args.checkpoint), runner.model)
+            problems = checkpoint_fit(runner.model, args.checkpoint).problems()
         except ValueError as e:
             fail(str(e))
         if problems and not args.allow_partial:

@@ -245,8 +245,9 @@ def main(argv=None):
     _import_mmkat()
     from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, data_errors_named,
                               missing_data, setup_cpu_distributed, take_compile_option)
-    if config_copy_clash(cfg.work_dir, args.config):
-        fail(config_copy_clash(cfg.work_dir, args.config))
+    clash = config_copy_clash(cfg.work_dir, args.config)
+    if clash:
+        fail(clash)
     guard_work_dir(cfg, args)
     resolve_resume(cfg, args)
     use_safe_checkpoint_hook(cfg)

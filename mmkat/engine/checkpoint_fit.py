@@ -10,32 +10,40 @@ from typing import Dict, List, NamedTuple
 
 import torch
 
+from mmkat.models.checkpoint import load_state_dict_file
+
 
 class CheckpointFit(NamedTuple):
     missing: List[str]      # model parameters the file does not hold
     mismatched: List[str]   # 'key: file [shape] vs model [shape]'
     non_finite: List[str]   # model tensors whose values in the file hold NaN or inf
     unexpected: List[str]   # keys of the file the model has no place for
-    loaded: int             # model tensors the file fills
+    total: int              # tensors in the model's state dict
 
-    def problems(self, total: int) -> List[str]:
+    def problems(self) -> List[str]:
+        """The problems as sentences; empty when the checkpoint fills every model parameter."""
         out = []
         for what, keys in (('model parameters are not in it', self.missing),
                            ('tensors have other shapes', self.mismatched),
                            ('tensors hold NaN or inf', self.non_finite)):
             if keys:
                 shown = ', '.join(keys[:5]) + (f', ... ({len(keys) - 5} more)' if len(keys) > 5 else '')
-                out.append(f'{len(keys)} of {total} {what}: {shown}')
+                out.append(f'{len(keys)} of {self.total} {what}: {shown}')
+        if out and self.unexpected:
+            out.append(f'the file holds {len(self.unexpected)} keys the model has no place for, e.g. '
+                       f'{", ".join(self.unexpected[:3])}')
         return out
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file as mmengine's loader sees them; errors name the file."""
+    """The tensors of a checkpoint file as mmengine's loader sees them (``state_dict`` entry or the whole
+    dict, ``module.`` dropped); errors name the file."""
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated zip, unpickling refused, not a torch file
-        raise ValueError(f'{path} could not be read as a checkpoint ({type(e).__name__}: '
-                         f'{str(e).splitlines()[0] if str(e) else ""})') from None
+        checkpoint = load_state_dict_file(path)
+    except (OSError, RuntimeError) as e:  # truncated zip, unpickling refused, not a torch file
+        cause = e.__cause__ or e
+        raise ValueError(f'{path} could not be read as a checkpoint ({type(cause).__name__}: '
+                         f'{str(cause).splitlines()[0] if str(cause) else ""})') from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a dict of tensors')
     state = checkpoint.get('state_dict', checkpoint)
@@ -51,9 +59,10 @@ def checkpoint_fit(model: torch.nn.Module, path: str) -> CheckpointFit:
     if is_model_wrapper(model):
         model = model.module
     state = read_state_dict(path)
+    own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
-    missing, mismatched, non_finite, loaded = [], [], [], 0
-    for key, tensor in model.state_dict().items():
+    missing, mismatched, non_finite = [], [], []
+    for key, tensor in own.items():
         if key not in state:
             if key in params:
                 missing.append(key)
@@ -62,24 +71,9 @@ def checkpoint_fit(model: torch.nn.Module, path: str) -> CheckpointFit:
         if tuple(value.shape) != tuple(tensor.shape):
             mismatched.append(f'{key}: file {list(value.shape)} vs model {list(tensor.shape)}')
             continue
-        loaded += 1
         if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
             non_finite.append(key)
-    unexpected = sorted(set(state) - set(model.state_dict()))
-    return CheckpointFit(missing, mismatched, non_finite, unexpected, loaded)
+    return CheckpointFit(missing, mismatched, non_finite, sorted(set(state) - set(own)), len(own))
 
 
-def describe_fit(fit: CheckpointFit, model: torch.nn.Module) -> List[str]:
-    """The problems of ``fit`` as sentences; empty when the checkpoint fills every model parameter."""
-    from mmengine.model import is_model_wrapper
-    if is_model_wrapper(model):
-        model = model.module
-    total = len(model.state_dict())
-    out = fit.problems(total)
-    if out and fit.unexpected:
-        out.append(f'the file holds {len(fit.unexpected)} keys the model has no place for, e.g. '
-                   f'{", ".join(fit.unexpected[:3])}')
-    return out
-
-
-__all__ = ['CheckpointFit', 'checkpoint_fit', 'describe_fit', 'read_state_dict']
+__all__ = ['CheckpointFit', 'checkpoint_fit', 'read_state_dict']

@@ -73,19 +73,15 @@ def extension_info() -> dict:
     )
 
 
-def _compiled_supports(device: torch.device) -> bool:
-    if _EXT is None:
-        return False
-    if device.type == 'cpu':
-        return True
-    return device.type == 'cuda' and bool(_EXT.with_cuda)
-
-
 def compiled_devices() -> frozenset:
     """Device types ('cpu', 'cuda') that mmkat._C has kernels for in this process."""
     if _EXT is None:
         return frozenset()
     return frozenset(('cpu', 'cuda') if _EXT.with_cuda else ('cpu', ))
+
+
+def _compiled_supports(device: torch.device) -> bool:
+    return device.type in compiled_devices()
 
 
 def _compiled_unavailable_reason(device: torch.device) -> str:
@@ -221,9 +217,8 @@ if _EXT is not None:
                 torch.empty_like(weight_denominator))
 
     _FORWARD_OP = torch.ops.mmkat.group_rational_forward.default
-    _BACKWARD_OP = torch.ops.mmkat.group_rational_backward.default
 else:
-    _FORWARD_OP = _BACKWARD_OP = None
+    _FORWARD_OP = None
 
 # ------------------------------------------------------------------------ under torch.compile: fusable
 # How torch.compile's inductor sees the compiled implementation (read when a graph is traced):
@@ -247,10 +242,6 @@ def _read_compile_mode() -> str:
 
 
 compile_forward = _read_compile_mode()  # set it (or the environment variable) before torch.compile traces
-
-
-def _decomposed_forward(x, weight_numerator, weight_denominator, groups):
-    return _reference_forward(x, weight_numerator, weight_denominator, groups)
 
 
 _CACHE_TAG = None  # the inductor pass that carries compile_forward into inductor's cache keys
@@ -282,12 +273,12 @@ def _register_inductor_decomposition() -> bool:
     from torch._inductor import config as inductor_config
     from torch._inductor import decomposition as inductor_decompositions
     table = inductor_decompositions.decompositions
-    registered = table.get(_FORWARD_OP) is _decomposed_forward
+    registered = table.get(_FORWARD_OP) is _reference_forward
     if _FORWARD_OP is not None and registered != (compile_forward == 'decomposed'):
         if registered:
             del table[_FORWARD_OP]  # 'opaque': inductor refuses an op that is both a fallback and decomposed
         else:
-            table[_FORWARD_OP] = _decomposed_forward
+            table[_FORWARD_OP] = _reference_forward  # the specification's pointwise formula
         cached = getattr(inductor_decompositions, 'fast_random_decomps', None)
         if cached is not None and hasattr(cached, 'cache_clear'):
             cached.cache_clear()  # a table copied by an earlier compilation must see the change
