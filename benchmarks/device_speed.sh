@@ -6,7 +6,8 @@
 # platformdirs) where mmengine is not installed.
 #   STAGE=eager   bash benchmarks/device_speed.sh   # build, CUDA tests, op benchmark, eager models + profile
 #   STAGE=compile bash benchmarks/device_speed.sh   # build, torch.compile'd models
-# ARCHS (default "tiny small base") and BENCH_ARGS (extra tools/benchmark.py options) narrow a run.
+# ARCHS (default "tiny small base") and BENCH_ARGS (extra tools/benchmark.py options) narrow a run;
+# PROFILE=0 drops the eager stage's kernel profile, HOST=0 its host-overhead table.
 set -euo pipefail
 OUT=${OUT:-work_dirs/device}
 STAGE=${STAGE:-eager}
@@ -28,11 +29,15 @@ if [ "$STAGE" = eager ]; then
   python3 -m pytest -q tests/test_ops tests/test_models -m cuda -p no:logging > "$OUT/pytest_cuda.log" 2>&1 \
     || echo "CUDA TESTS FAILED"
   grep -E "passed|failed|FAILED|Error" "$OUT/pytest_cuda.log" | tail -8
-  python3 tools/benchmark.py --host --device cuda --out "$OUT/host_cuda.json" 2>&1 | grep -v -i warn | tail -14
-  python3 tools/benchmark_op.py --reps 30 --markdown --out "$OUT/op_h200.json" 2>&1 | grep -v -i warn \
-    | tee "$OUT/benchmark_op.log" | tail -16
+  if [ "${HOST:-1}" = 1 ]; then
+    python3 tools/benchmark.py --host --device cuda --out "$OUT/host_cuda.json" 2>&1 | grep -v -i warn | tail -14
+  fi
+  python3 tools/benchmark_op.py --reps 30 --markdown --fused-forward --out "$OUT/op_h200.json" 2>&1 \
+    | grep -v -i warn | tee "$OUT/benchmark_op.log" | tail -24
+  profile=--profile
+  [ "${PROFILE:-1}" = 1 ] || profile=
   # shellcheck disable=SC2086
-  python3 tools/benchmark.py --archs $ARCHS --compile eager --profile ${BENCH_ARGS:-} \
+  python3 tools/benchmark.py --archs $ARCHS --compile eager $profile ${BENCH_ARGS:-} \
     --out "$OUT/speed_eager.json" 2>&1 | grep -v -i warn | tee "$OUT/speed_eager.log" | tail -24
 else
   for arch in $ARCHS; do  # one file per arch, so that a run cut short keeps what it measured

@@ -8,6 +8,11 @@ and forward+backward (through autograd), reports the median, and compares it wit
 floor: the fewest bytes the pass must move (forward: read x, write y; backward: read x and dy, write dx)
 over the device-to-device copy bandwidth measured on the same GPU. The table is printed; everything is
 also written to JSON (--out).
+
+--fused-forward adds what torch.compile's inductor makes of a LayerNorm followed by the activation (no
+grad, as in inference): GELU, the group-rational op (decomposed into its overflow-safe pointwise formula,
+the default under torch.compile), and the bare direct formula P(x)/Q(|x|) without the overflow handling,
+so the cost of that handling is measured, not guessed.
 """
 import argparse
 import json
@@ -39,6 +44,8 @@ def parse_args():
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--out', default='work_dirs/benchmark_op.json')
     p.add_argument('--markdown', action='store_true', help='also print the table in Markdown (for README)')
+    p.add_argument('--fused-forward', action='store_true',
+                   help='also time torch.compile(LayerNorm -> activation) for GELU, the op and its bare direct formula')
     return p.parse_args()
 
 
@@ -133,6 +140,48 @@ def make_inputs(shape, dtype, device, groups, num, den):
     return x, wn.requires_grad_(), wd.requires_grad_(), dy
 
 
+def fused_forward_rows(args, device, num, den):
+    """torch.compile(LayerNorm -> activation) forward times, no grad, for each shape and dtype."""
+    import torch.nn.functional as F
+
+    from mmkat.ops.rational import _direct_terms, _grouped, group_rational
+    torch._inductor.config.compile_threads = 1
+    groups = args.groups
+
+    def direct_formula(v, wn, wd):  # P(x) / Q(|x|) alone: overflows to inf/NaN for |x| beyond ~1e7 in fp32
+        xg, a, babs = _grouped(v, wn, wd, groups)
+        p, q = _direct_terms(xg, a, babs)
+        return (p / q).reshape(v.shape).to(v.dtype)
+
+    acts = {
+        'gelu': lambda v, wn, wd: F.gelu(v),
+        'rational': lambda v, wn, wd: group_rational(v, wn, wd, groups, impl='compiled'),
+        'direct formula': direct_formula,
+    }
+    rows = []
+    print('\ntorch.compile(LayerNorm -> activation), forward without grad:')
+    print(f'{"shape":>14} {"dtype":>5} | ' + ' '.join(f'{n + " ms":>16}' for n in acts) + ' | rational / gelu, / direct')
+    for shape_s in args.shapes:
+        shape = tuple(int(v) for v in shape_s.split('x'))
+        for dname in args.dtypes:
+            x, wn, wd, _ = make_inputs(shape, DTYPES[dname], device, groups, num, den)
+            x, wn, wd = x.detach(), wn.detach(), wd.detach()
+            weight = torch.ones(shape[-1], device=device, dtype=x.dtype)
+            bias = torch.zeros(shape[-1], device=device, dtype=x.dtype)
+            times = {}
+            for name, act in acts.items():
+                torch._dynamo.reset()
+                fn = torch.compile(lambda v, act=act: act(F.layer_norm(v, (shape[-1], ), weight, bias), wn, wd))
+                with torch.no_grad():
+                    times[name] = median_ms(lambda: fn(x), device, args.reps, args.warmup)
+            row = dict(shape=list(shape), dtype=dname, ms=times, rational_over_gelu=times['rational'] / times['gelu'],
+                       rational_over_direct=times['rational'] / times['direct formula'])
+            rows.append(row)
+            print(f'{shape_s:>14} {dname:>5} | ' + ' '.join(f'{times[n]:16.3f}' for n in acts) +
+                  f' | {row["rational_over_gelu"]:.2f}, {row["rational_over_direct"]:.2f}')
+    return rows
+
+
 IMPL_NAMES = {'mmkat': '**mmkat**', 'compile': 'torch.compile(reference)', 'eager': 'eager reference'}
 
 
@@ -188,6 +237,7 @@ def main():
                 print(f'{shape_s:>14} {dname:>5} {name:>8} | {times["fwd"]:8.3f} {times["bwd"]:8.3f} '
                       f'{times["fwd_bwd"]:8.3f} | {floor["fwd_bwd"]:8.3f} {gbs:9.0f} {row["x_floor"]:7.2f}')
     rows.sort(key=lambda r: (-r['shape'][-1], r['dtype'] != 'fp32', ['mmkat', 'compile', 'eager'].index(r['impl'])))
+    fused = fused_forward_rows(args, device, num, den) if args.fused_forward else None
     result = dict(
         command=' '.join(sys.argv),
         device=device_name(device),
@@ -197,6 +247,8 @@ def main():
         reps=args.reps,
         groups=args.groups,
         rows=rows)
+    if fused is not None:
+        result['fused_forward'] = fused
     if args.markdown:
         print(markdown_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

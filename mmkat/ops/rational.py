@@ -142,40 +142,90 @@ def _horner(coeffs, t):
     return out
 
 
-def _reference_forward(x, weight_numerator, weight_denominator, groups):
-    xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
+def _direct_terms(xg, a, babs, with_derivatives=False):
+    """The direct form's polynomials: P(x), Q(|x|) and, for the backward, P'(x) and dQ/d|x|."""
+    ax = xg.abs()
     p = _horner(a, xg)
-    q = _horner([torch.ones_like(babs[0])] + babs, xg.abs())
-    return (p / q).reshape(x.shape).to(x.dtype)
+    q = _horner([torch.ones_like(babs[0])] + babs, ax)
+    if not with_derivatives:
+        return p, q
+    dp = _horner([i * a[i] for i in range(1, NUM_NUMERATOR)], xg)  # P'(x)
+    dq = _horner([(j + 1) * babs[j] for j in range(NUM_DENOMINATOR)], ax)  # dQ/d|x|
+    return p, q, dp, dq
+
+
+def _far_mask(xg, a, babs):
+    """Where |x| passes the group's bound R, above which the direct form could overflow; there the function
+    is evaluated divided through by x^4. For 1 <= |x| <= R every Horner partial of P, P', Q and Q' is at
+    most max(5 sum|a|, 1 + 4 sum|b|) R^5 (csrc/rational_math.h computes the same bound)."""
+    sa = sum(c.abs() for c in a)
+    sb = sum(babs)  # [G, 1]
+    worst = torch.maximum(torch.maximum(5 * sa, 1 + 4 * sb), torch.ones_like(sb))
+    worst = torch.where(torch.isnan(worst), torch.ones_like(worst), worst)  # NaN then flows through the direct form
+    bound = (torch.finfo(xg.dtype).max / (2 * worst))**0.2
+    return xg.abs() > bound
+
+
+def _far_terms(xg, a, babs, far):
+    """The form divided through by x^4, at the elements where ``far`` holds (x = 1 elsewhere, so that the
+    unused elements stay finite): t = 1/x, u = |t|, s = a4 + a3 t + a2 t^2 + a1 t^3 + a0 t^4,
+    n = P / x^4 = a5 x + s (no a5 * inf when a5 = 0) and qr = Q / x^4 = |b3| + |b2| u + ... + u^4."""
+    xf = torch.where(far, xg, torch.ones_like(xg))
+    t = 1.0 / xf
+    u = t.abs()
+    s = _horner([a[4], a[3], a[2], a[1], a[0]], t)
+    n = torch.where(a[5] == 0, torch.zeros_like(xf), a[5] * xf) + s
+    qr = _horner([babs[3], babs[2], babs[1], babs[0], torch.ones_like(babs[0])], u)
+    return xf, t, u, s, n, qr
+
+
+def _reference_forward(x, weight_numerator, weight_denominator, groups):
+    """F(x) = P(x) / Q(|x|); for |x| above the bound where that direct form could overflow (~1e7 in fp32,
+    and +-inf) the same function divided through by x^4, finite wherever F is (csrc/rational_math.h)."""
+    xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
+    far = _far_mask(xg, a, babs)
+    p, q = _direct_terms(xg, a, babs)
+    _, _, _, _, n, qr = _far_terms(xg, a, babs, far)
+    return torch.where(far, n / qr, p / q).reshape(x.shape).to(x.dtype)
 
 
 def _reference_backward(grad_output, x, weight_numerator, weight_denominator, groups):
     xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
     dy = grad_output.to(xg.dtype).reshape(xg.shape)
-    sx = torch.where(xg < 0, -1.0, 1.0).to(xg.dtype)  # sign(0) = +1
-    ax = xg * sx
-    p = _horner(a, xg)
-    dp = _horner([i * a[i] for i in range(1, NUM_NUMERATOR)], xg)  # P'(x)
-    q = _horner([torch.ones_like(babs[0])] + babs, ax)
-    dq = _horner([(j + 1) * babs[j] for j in range(NUM_DENOMINATOR)], ax)  # dQ/d|x|
+    far = _far_mask(xg.detach(), [c.detach() for c in a], [b.detach() for b in babs])
+    # The direct form at the elements where it holds (x = 0 elsewhere, so a double backward stays finite).
+    xd = torch.where(far, torch.zeros_like(xg), xg)
+    sx = torch.where(xd < 0, -1.0, 1.0).to(xg.dtype)  # sign(0) = +1
+    ax = xd * sx
+    p, q, dp, dq = _direct_terms(xd, a, babs, True)
     iq = 1.0 / q
     f = p * iq
-    dx = dy * (dp - f * sx * dq) * iq  # R/Q - sign(x) Q'(|x|) P/Q^2
-    lead = tuple(range(xg.dim() - 2))  # all dims but (G, D)
-    t = dy * iq
-    d_num = []
-    for _ in range(NUM_NUMERATOR):
-        d_num.append(t.sum())
-        t = t * xg
+    dx = dy * (dp - f * sx * dq) * iq  # P'/Q - sign(x) Q'(|x|) P/Q^2
+    num_terms = [dy * iq]  # dy x^k / Q
+    for _ in range(1, NUM_NUMERATOR):
+        num_terms.append(num_terms[-1] * xd)
     c = -dy * f * iq
+    den_terms = [c * ax]  # -dy P/Q^2 |x|^(j+1)
+    for _ in range(1, NUM_DENOMINATOR):
+        den_terms.append(den_terms[-1] * ax)
+    # The divided-through form, computed everywhere and selected beyond the bound (no data-dependent branch: torch.compile traces the reference too). P = x^4 n, P' = x^4 P'r(t), Q = x^4 qr,
+    # dQ/d|x| = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / qr) / qr, dF/da_k = x^k / Q, dF/d|b_j| = -F |x|^(j+1) / Q.
+    xf, t, u, s, n, qr = _far_terms(xg, a, babs, far)
+    pr = s * t + a[5]  # P / x^5
+    dpr = _horner([(5 - k) * a[5 - k] for k in range(5)], t)  # 5 a5 + 4 a4 t + ... + a1 t^4
+    dqr = _horner([(4 - j) * babs[3 - j] for j in range(4)], u)  # 4|b3| + 3|b2| u + 2|b1| u^2 + |b0| u^3
+    iqr = 1.0 / qr
+    dx = torch.where(far, dy * (dpr - pr * iqr * dqr) * iqr, dx)
+    w = dy * iqr  # dy x^4 / Q
+    far_num = [w * t**4, w * t**3, w * t**2, w * t, w, w * xf]
+    cf = -dy * (n * iqr) * iqr  # -dy F x^4 / Q
+    far_den = [cf * u**3, cf * u**2, cf * u, cf]
+    num_terms = [torch.where(far, fv, dv) for fv, dv in zip(far_num, num_terms)]
+    den_terms = [torch.where(far, fv, dv) for fv, dv in zip(far_den, den_terms)]
+    lead = tuple(range(xg.dim() - 2))  # all dims but (G, D)
+    d_num = torch.stack([v.sum() for v in num_terms]).reshape(1, NUM_NUMERATOR)
     sign_b = torch.where(weight_denominator.to(xg.dtype) < 0, -1.0, 1.0).to(xg.dtype)  # sign(0) = +1
-    d_den = []
-    u = c * ax
-    for j in range(NUM_DENOMINATOR):
-        d_den.append(u.sum(dim=lead + (xg.dim() - 1, )))
-        u = u * ax
-    d_num = torch.stack(d_num).reshape(1, NUM_NUMERATOR)
-    d_den = torch.stack(d_den, dim=1) * sign_b
+    d_den = torch.stack([v.sum(dim=lead + (xg.dim() - 1, )) for v in den_terms], dim=1) * sign_b
     return (dx.reshape(x.shape).to(x.dtype), d_num.to(weight_numerator.dtype), d_den.to(weight_denominator.dtype))
 
 
