@@ -28,16 +28,14 @@ int64_t rows_per_chunk(int64_t channels) {
   return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(channels, 1));
 }
 
-// Per-group coefficients in the math type: a[6] shared, |b|[groups][4], sign(b) (sign(0) = +1) for the
-// backward, and the bound above which |x| takes the divided-through form. Read straight from the (usually
-// already contiguous, math-typed) parameters: no temporaries.
+// Per-group coefficients in the math type: a[6] shared, |b|[groups][4], and sign(b) (sign(0) = +1) for the
+// backward. Read straight from the (usually already contiguous, math-typed) parameters: no temporaries.
 template <typename T>
 struct Coefficients {
   T a[kNumerator];
   c10::SmallVector<T, 16 * kDenominator> babs, sign;
-  c10::SmallVector<T, 16> bound;
   Coefficients(const at::Tensor& weight_numerator, const at::Tensor& weight_denominator, int64_t groups)
-      : babs(groups * kDenominator), sign(groups * kDenominator), bound(groups) {
+      : babs(groups * kDenominator), sign(groups * kDenominator) {
     const at::ScalarType math = c10::CppTypeToScalarType<T>::value;
     const at::Tensor wn = weight_numerator.to(math).contiguous();
     const at::Tensor wd = weight_denominator.to(math).contiguous();
@@ -48,7 +46,6 @@ struct Coefficients {
       babs[i] = std::abs(pd[i]);
       sign[i] = pd[i] < T(0) ? T(-1) : T(1);
     }
-    for (int64_t g = 0; g < groups; ++g) bound[g] = far_bound<T>(a, babs.data() + g * kDenominator);
   }
 };
 
@@ -64,15 +61,16 @@ constexpr int64_t kTile = 256;  // half-precision inputs are converted to the ma
 
 // One (row, group) segment of d contiguous elements. fp32/fp64 run straight over the data; fp16/bf16 go
 // through a small buffer in the math type so that the arithmetic loop vectorises. The vectorised loop takes
-// the direct form and the largest |x|; where that passes the group's bound (huge or infinite inputs, rare),
-// the elements beyond it are evaluated again in the divided-through form.
+// the direct form and the largest |x|; where that passes kFarThreshold (huge or infinite inputs, rare), the
+// elements beyond it are evaluated again in the divided-through form.
 template <typename T>
 MMKAT_INLINE T abs_of(T v) {
   return v < T(0) ? -v : v;
 }
 
 template <typename scalar_t, typename T>
-MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, const T* a, const T* b, T bound) {
+MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, const T* a, const T* b) {
+  const T bound = static_cast<T>(kFarThreshold);
   if constexpr (std::is_same_v<scalar_t, T>) {
     T top = 0;
 #pragma omp simd reduction(max : top)
@@ -111,7 +109,7 @@ MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, con
 
 // Backward over n elements of math-type data; acc holds one row of 10 sums per vector lane, so the lane
 // loop vectorises without a reduction clause (and the order of additions is fixed). The loop takes the
-// direct form and returns the largest |x|: where that passes the bound, backward_chunk recomputes the
+// direct form and returns the largest |x|: where that passes kFarThreshold, backward_chunk recomputes the
 // (chunk, group)'s sums with backward_redo.
 template <typename T>
 MMKAT_INLINE T backward_math(const T* x, const T* dy, T* dx, int64_t n, const T* a, const T* b, T (*acc)[kLanes]) {
@@ -135,11 +133,12 @@ MMKAT_INLINE T backward_math(const T* x, const T* dy, T* dx, int64_t n, const T*
   return most;
 }
 
-// The rare path, element by element: the sums again, each element beyond the bound contributing (and
+// The rare path, element by element: the sums again, each element beyond the threshold contributing (and
 // getting its dx) through the divided-through form. The other elements keep the dx of the vectorised loop.
 template <typename scalar_t, typename T>
-MMKAT_INLINE void backward_redo(const T* x, const T* dy, scalar_t* dx, int64_t n, const T* a, const T* b, T bound,
+MMKAT_INLINE void backward_redo(const T* x, const T* dy, scalar_t* dx, int64_t n, const T* a, const T* b,
                                 T (*acc)[kLanes]) {
+  const T bound = static_cast<T>(kFarThreshold);
   for (int64_t k = 0; k < n; ++k) {
     T share[kCoeffGrads] = {};
     if (abs_of(x[k]) > bound) {
@@ -154,11 +153,11 @@ MMKAT_INLINE void backward_redo(const T* x, const T* dy, scalar_t* dx, int64_t n
 // Returns the largest |x| seen (first pass) or 0 (redo).
 template <bool kRedo, typename scalar_t, typename T>
 MMKAT_INLINE T backward_segment(const scalar_t* x, const scalar_t* dy, scalar_t* dx, int64_t d, const T* a,
-                                const T* b, T bound, T (*acc)[kLanes]) {
+                                const T* b, T (*acc)[kLanes]) {
   T top = 0;
   if constexpr (std::is_same_v<scalar_t, T>) {
     if constexpr (kRedo) {
-      backward_redo<scalar_t, T>(x, dy, dx, d, a, b, bound, acc);
+      backward_redo<scalar_t, T>(x, dy, dx, d, a, b, acc);
     } else {
       top = backward_math<T>(x, dy, dx, d, a, b, acc);
     }
@@ -171,7 +170,7 @@ MMKAT_INLINE T backward_segment(const scalar_t* x, const scalar_t* dy, scalar_t*
         gb[i] = static_cast<T>(dy[t0 + i]);
       }
       if constexpr (kRedo) {
-        backward_redo<scalar_t, T>(xb, gb, dx + t0, n, a, b, bound, acc);
+        backward_redo<scalar_t, T>(xb, gb, dx + t0, n, a, b, acc);
       } else {
         top = std::max(top, backward_math<T>(xb, gb, xb, n, a, b, acc));  // dx overwrites x in the buffer
         for (int64_t i = 0; i < n; ++i) dx[t0 + i] = static_cast<scalar_t>(xb[i]);
@@ -194,7 +193,7 @@ MMKAT_INLINE void forward_chunk(const scalar_t* x, scalar_t* y, const Problem& P
   for (int64_t r = c * P.chunk; r < r_end; ++r) {
     for (int64_t g = 0; g < P.groups; ++g) {
       const int64_t off = r * P.channels + g * P.d;
-      forward_segment<scalar_t, T>(x + off, y + off, P.d, a, coeffs.babs.data() + g * kDenominator, coeffs.bound[g]);
+      forward_segment<scalar_t, T>(x + off, y + off, P.d, a, coeffs.babs.data() + g * kDenominator);
     }
   }
 }
@@ -208,17 +207,17 @@ MMKAT_INLINE void backward_chunk(const scalar_t* dy, const scalar_t* x, scalar_t
   for (int64_t g = 0; g < P.groups; ++g) {
     const T* b = coeffs.babs.data() + g * kDenominator;
     T acc[kCoeffGrads][kLanes] = {};
-    const T bound = coeffs.bound[g];
+    const T bound = static_cast<T>(kFarThreshold);
     T top = 0;
     for (int64_t r = c * P.chunk; r < r_end; ++r) {
       const int64_t off = r * P.channels + g * P.d;
-      top = std::max(top, backward_segment<false, scalar_t, T>(x + off, dy + off, dx + off, P.d, coeffs.a, b, bound, acc));
+      top = std::max(top, backward_segment<false, scalar_t, T>(x + off, dy + off, dx + off, P.d, coeffs.a, b, acc));
     }
     if (!(top <= bound)) {  // rare: this (chunk, group)'s sums again, with the divided-through form where needed
       std::fill(&acc[0][0], &acc[0][0] + kCoeffGrads * kLanes, T(0));
       for (int64_t r = c * P.chunk; r < r_end; ++r) {
         const int64_t off = r * P.channels + g * P.d;
-        backward_segment<true, scalar_t, T>(x + off, dy + off, dx + off, P.d, coeffs.a, b, bound, acc);
+        backward_segment<true, scalar_t, T>(x + off, dy + off, dx + off, P.d, coeffs.a, b, acc);
       }
     }
     for (int i = 0; i < kCoeffGrads; ++i) {

@@ -94,16 +94,14 @@ struct Layout {
   int rpi;        // row segments per block iteration (kThreads / tpr)
 };
 
-// Loads a group's coefficients into registers (a shared, |b| for the group) in the math type T, and returns
-// the bound above which |x| takes the divided-through form (rational_math.h).
+// Loads a group's coefficients into registers (a shared, |b| for the group) in the math type T.
 template <typename T>
-__device__ __forceinline__ T load_coefficients(const T* __restrict__ wn, const T* __restrict__ wd, int64_t g,
-                                               T* a, T* babs) {
+__device__ __forceinline__ void load_coefficients(const T* __restrict__ wn, const T* __restrict__ wd, int64_t g,
+                                                  T* a, T* babs) {
 #pragma unroll
   for (int i = 0; i < kNumerator; ++i) a[i] = wn[i];
 #pragma unroll
   for (int j = 0; j < kDenominator; ++j) babs[j] = fabs(wd[g * kDenominator + j]);
-  return far_bound<T>(a, babs);
 }
 
 template <typename scalar_t, int VEC>
@@ -115,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const sca
   using V = Vec<scalar_t, VEC>;
   const int64_t g = blockIdx.x;
   T a[kNumerator], babs[kDenominator];
-  const T bound = load_coefficients(wn, wd, g, a, babs);
+  load_coefficients(wn, wd, g, a, babs);
   const int lane = threadIdx.x % L.tpr;
   const int64_t r0 = threadIdx.x / L.tpr;
   if (r0 >= L.rpi) return;
@@ -135,7 +133,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const sca
           V out;
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            out.v[k] = static_cast<scalar_t>(rational_forward<T>(static_cast<T>(in[u].v[k]), a, babs, bound));
+            out.v[k] = static_cast<scalar_t>(rational_forward<T>(static_cast<T>(in[u].v[k]), a, babs));
           }
           store_vec(y + ru * L.channels + g * L.d + cv * VEC, out);
         }
@@ -181,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const sc
   using V = Vec<scalar_t, VEC>;
   const int64_t g = blockIdx.x;
   T a[kNumerator], babs[kDenominator];
-  const T bound = load_coefficients(wn, wd, g, a, babs);
+  load_coefficients(wn, wd, g, a, babs);
   T acc[kCoeffGrads];
 #pragma unroll
   for (int k = 0; k < kCoeffGrads; ++k) acc[k] = T(0);
@@ -209,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const sc
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
               out.v[k] = static_cast<scalar_t>(rational_backward<T>(static_cast<T>(xin[u].v[k]),
-                                                                    static_cast<T>(gin[u].v[k]), a, babs, bound, acc));
+                                                                    static_cast<T>(gin[u].v[k]), a, babs, acc));
             }
             store_vec(dx + ru * L.channels + g * L.d + cv * VEC, out);
           }

@@ -34,26 +34,16 @@ constexpr int kNumerator = 6;    // a0..a5
 constexpr int kDenominator = 4;  // b0..b3
 constexpr int kCoeffGrads = kNumerator + kDenominator;
 
-// Overflow. The direct form overflows long before F does: P(x) ~ a5 x^5 passes the fp32 range at |x| ~ 1e7.6
-// while F(x) ~ (a5 / |b3|) x. For |x| above a per-group bound R (far_bound: below it no intermediate of the
-// direct form, forward or backward, can overflow), the function is evaluated divided through by x^4
-// (t = 1/x, u = |t|):
-//   F(x) = (a5 x + a4 + a3 t + a2 t^2 + a1 t^3 + a0 t^4) / (|b3| + |b2| u + |b1| u^2 + |b0| u^3 + u^4),
-// which is finite wherever F(x) is representable (and |b3| > 0), and for x = +-inf gives the limits: +-inf
-// (the sign of a5 x), or a4 / |b3| when a5 = 0. NaN inputs give NaN (through the direct form). Inputs with
-// |x| <= R, i.e. all but huge ones, take the direct form exactly as before.
-template <typename T>
-MMKAT_HD T far_bound(const T* a, const T* babs) {
-  // For 1 <= |x| <= R every Horner partial of P, P', Q, Q' is at most max(5 sum|a|, 1 + 4 sum|b|) R^5.
-  T sa = T(0), sb = T(0);
-  for (int k = 0; k < kNumerator; ++k) sa += a[k] < T(0) ? -a[k] : a[k];
-  for (int j = 0; j < kDenominator; ++j) sb += babs[j];
-  T worst = T(5) * sa;
-  if (T(1) + T(4) * sb > worst) worst = T(1) + T(4) * sb;
-  if (!(worst >= T(1))) worst = T(1);  // also for NaN coefficients (NaN then flows through the direct form)
-  using std::pow;
-  return pow(std::numeric_limits<T>::max() / (T(2) * worst), T(0.2));
-}
+// Huge inputs. The direct form overflows long before F does: P(x) ~ a5 x^5 passes the fp32 range at
+// |x| ~ 1e7.6 while F(x) ~ (a5 / |b3|) x. For |x| > kFarThreshold the function is evaluated divided through
+// by x^5 and x^4 (t = 1/x, u = |t|):
+//   F(x) = x Pr(t) / Qr(u),  Pr(t) = P(x) / x^5 = a5 + a4 t + a3 t^2 + a2 t^3 + a1 t^4 + a0 t^5,
+//                            Qr(u) = Q(|x|) / x^4 = |b3| + |b2| u + |b1| u^2 + |b0| u^3 + u^4,
+// finite wherever F(x) is representable and Qr does not underflow (|b3| > 0, or |x| below ~1e11), and at
+// x = +-inf the limit +-inf with the sign of a5 x (NaN when a5 = 0). NaN stays NaN. Below the threshold the
+// direct form cannot overflow unless sum |a_k| exceeds ~1e14, and keeps its bits. The threshold is a constant
+// (not a per-group bound) so that torch.compile's fused forward compares against a literal.
+constexpr double kFarThreshold = 65536.0;  // 2^16, above every finite fp16 value
 
 template <typename T>
 MMKAT_HD T numerator(T x, const T* a) {
@@ -76,42 +66,42 @@ MMKAT_HD T denominator(T ax, const T* babs) {
   return q;
 }
 
-// F(x) in the direct form (|x| <= R; ax = |x|).
+// F(x) in the direct form (|x| <= kFarThreshold; ax = |x|).
 template <typename T>
 MMKAT_HD T rational_forward_direct(T x, T ax, const T* a, const T* babs) {
   return numerator(x, a) / denominator(ax, babs);
 }
 
-// F(x) in the divided-through form (|x| > R).
+// F(x) in the divided-through form (|x| > kFarThreshold).
 template <typename T>
 MMKAT_HD T rational_forward_far(T x, const T* a, const T* babs) {
   const T t = T(1) / x;
   const T u = t < T(0) ? -t : t;
-  T s = a[0];  // a4 + a3 t + a2 t^2 + a1 t^3 + a0 t^4
-  s = s * t + a[1];
-  s = s * t + a[2];
-  s = s * t + a[3];
-  s = s * t + a[4];
-  const T n = (a[5] == T(0) ? T(0) : a[5] * x) + s;  // P(x) / x^4 (no 0 * inf when a5 = 0)
+  T pr = a[0];  // P(x) / x^5
+  pr = pr * t + a[1];
+  pr = pr * t + a[2];
+  pr = pr * t + a[3];
+  pr = pr * t + a[4];
+  pr = pr * t + a[5];
   T qr = T(1);  // Q(|x|) / x^4
   qr = qr * u + babs[0];
   qr = qr * u + babs[1];
   qr = qr * u + babs[2];
   qr = qr * u + babs[3];
-  return n / qr;
+  return x * pr / qr;
 }
 
 template <typename T>
-MMKAT_HD T rational_forward(T x, const T* a, const T* babs, T bound) {
+MMKAT_HD T rational_forward(T x, const T* a, const T* babs) {
   const T ax = x < T(0) ? -x : x;
-  return ax > bound ? rational_forward_far(x, a, babs) : rational_forward_direct(x, ax, a, babs);
+  return ax > T(kFarThreshold) ? rational_forward_far(x, a, babs) : rational_forward_direct(x, ax, a, babs);
 }
 
 // Backward of one element: returns dL/dx and adds its share to the 10 coefficient-gradient sums,
 // g[k * kStride]:
 //   k = 0..5: dy x^k / Q                       (numerator)
 //   k = 6..9: -dy P / Q^2 |x|^(k-5)            (denominator, sign(b_j) applied by the caller)
-// (kStride > 1 lets a CPU loop keep one accumulator row per vector lane.) The direct form, |x| <= R:
+// (kStride > 1 lets a CPU loop keep one accumulator row per vector lane.) The direct form, |x| <= kFarThreshold:
 template <typename T, int kStride = 1>
 MMKAT_HD T rational_backward_direct(T x, T dy, const T* a, const T* babs, T* g) {
   const T sx = x < T(0) ? T(-1) : T(1);  // sign(0) = +1
@@ -155,7 +145,7 @@ MMKAT_HD T rational_backward_direct(T x, T dy, const T* a, const T* babs, T* g) 
   return dx;
 }
 
-// The same in the divided-through form, |x| > R: P = x^4 (a5 x + s), P' = x^4 P'r(t), Q = x^4 Qr(u),
+// The same in the divided-through form, |x| > kFarThreshold: P = x^4 (a5 x + s), P' = x^4 P'r(t), Q = x^4 Qr(u),
 // Q' = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / Qr) / Qr, dF/da_k = x^k / Q, dF/d|b_j| = -F |x|^(j+1) / Q.
 template <typename T, int kStride = 1>
 MMKAT_HD T rational_backward_far(T x, T dy, const T* a, const T* babs, T* g) {
@@ -207,9 +197,9 @@ MMKAT_HD T rational_backward_far(T x, T dy, const T* a, const T* babs, T* g) {
 }
 
 template <typename T, int kStride = 1>
-MMKAT_HD T rational_backward(T x, T dy, const T* a, const T* babs, T bound, T* g) {
+MMKAT_HD T rational_backward(T x, T dy, const T* a, const T* babs, T* g) {
   const T ax = x < T(0) ? -x : x;
-  if (ax > bound) return rational_backward_far<T, kStride>(x, dy, a, babs, g);
+  if (ax > T(kFarThreshold)) return rational_backward_far<T, kStride>(x, dy, a, babs, g);
   return rational_backward_direct<T, kStride>(x, dy, a, babs, g);
 }
 

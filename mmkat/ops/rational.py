@@ -154,16 +154,9 @@ def _direct_terms(xg, a, babs, with_derivatives=False):
     return p, q, dp, dq
 
 
-def _far_mask(xg, a, babs):
-    """Where |x| passes the group's bound R, above which the direct form could overflow; there the function
-    is evaluated divided through by x^4. For 1 <= |x| <= R every Horner partial of P, P', Q and Q' is at
-    most max(5 sum|a|, 1 + 4 sum|b|) R^5 (csrc/rational_math.h computes the same bound)."""
-    sa = sum(c.abs() for c in a)
-    sb = sum(babs)  # [G, 1]
-    worst = torch.maximum(torch.maximum(5 * sa, 1 + 4 * sb), torch.ones_like(sb))
-    worst = torch.where(torch.isnan(worst), torch.ones_like(worst), worst)  # NaN then flows through the direct form
-    bound = (torch.finfo(xg.dtype).max / (2 * worst))**0.2
-    return xg.abs() > bound
+# Above this |x| the function is evaluated divided through by x^5 / x^4 (csrc/rational_math.h, kFarThreshold):
+# the direct form would overflow for |x| beyond ~1e7 in fp32 although F(x) ~ (a5 / |b3|) x does not.
+FAR_THRESHOLD = 65536.0
 
 
 def _far_terms(xg, a, babs, far):
@@ -180,19 +173,27 @@ def _far_terms(xg, a, babs, far):
 
 
 def _reference_forward(x, weight_numerator, weight_denominator, groups):
-    """F(x) = P(x) / Q(|x|); for |x| above the bound where that direct form could overflow (~1e7 in fp32,
-    and +-inf) the same function divided through by x^4, finite wherever F is (csrc/rational_math.h)."""
+    """F(x) = P(x) / Q(|x|) for |x| <= FAR_THRESHOLD; beyond it x Pr(t) / Qr(|t|) with t = 1/x,
+    Pr(t) = P(x) / x^5 = a5 + a4 t + ... + a0 t^5 and Qr = Q(|x|) / x^4 = |b3| + |b2| |t| + ... + |t|^4,
+    which is finite wherever F is (while P overflows fp32 beyond |x| ~ 1e7).
+
+    Both forms are one Horner evaluation with the coefficient order picked per element (the far form's
+    coefficients are the direct form's reversed), so torch.compile's fused forward does the direct form's
+    work plus one reciprocal and a few selects; the direct form's elements keep their bits."""
     xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
-    far = _far_mask(xg, a, babs)
-    p, q = _direct_terms(xg, a, babs)
-    _, _, _, _, n, qr = _far_terms(xg, a, babs, far)
-    return torch.where(far, n / qr, p / q).reshape(x.shape).to(x.dtype)
+    far = xg.abs() > FAR_THRESHOLD
+    z = torch.where(far, 1.0 / xg, xg)
+    num = _horner([torch.where(far, a[5 - k], a[k]) for k in range(NUM_NUMERATOR)], z)
+    den_coeffs = [torch.ones_like(babs[0])] + babs  # 1, |b0|, ..., |b3|: ascending powers of |x|
+    den = _horner([torch.where(far, den_coeffs[4 - j], den_coeffs[j]) for j in range(5)], z.abs())
+    scale = torch.where(far, xg, torch.ones_like(xg))
+    return (scale * num / den).reshape(x.shape).to(x.dtype)
 
 
 def _reference_backward(grad_output, x, weight_numerator, weight_denominator, groups):
     xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
     dy = grad_output.to(xg.dtype).reshape(xg.shape)
-    far = _far_mask(xg.detach(), [c.detach() for c in a], [b.detach() for b in babs])
+    far = xg.detach().abs() > FAR_THRESHOLD
     # The direct form at the elements where it holds (x = 0 elsewhere, so a double backward stays finite).
     xd = torch.where(far, torch.zeros_like(xg), xg)
     sx = torch.where(xd < 0, -1.0, 1.0).to(xg.dtype)  # sign(0) = +1
@@ -208,7 +209,7 @@ def _reference_backward(grad_output, x, weight_numerator, weight_denominator, gr
     den_terms = [c * ax]  # -dy P/Q^2 |x|^(j+1)
     for _ in range(1, NUM_DENOMINATOR):
         den_terms.append(den_terms[-1] * ax)
-    # The divided-through form, computed everywhere and selected beyond the bound (no data-dependent branch: torch.compile traces the reference too). P = x^4 n, P' = x^4 P'r(t), Q = x^4 qr,
+    # The divided-through form, computed everywhere and selected beyond the threshold (no data-dependent branch: torch.compile traces the reference too). P = x^4 n, P' = x^4 P'r(t), Q = x^4 qr,
     # dQ/d|x| = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / qr) / qr, dF/da_k = x^k / Q, dF/d|b_j| = -F |x|^(j+1) / Q.
     xf, t, u, s, n, qr = _far_terms(xg, a, babs, far)
     pr = s * t + a[5]  # P / x^5
