@@ -160,7 +160,8 @@ def fused_forward_rows(args, device, num, den):
     }
     rows = []
     print('\ntorch.compile(LayerNorm -> activation), forward without grad:')
-    print(f'{"shape":>14} {"dtype":>5} | ' + ' '.join(f'{n + " ms":>16}' for n in acts) + ' | rational / gelu, / direct')
+    names = ' '.join(f'{n + " ms":>16}' for n in acts)
+    print(f'{"shape":>14} {"dtype":>5} | {names} | rational / gelu, / direct')
     for shape_s in args.shapes:
         shape = tuple(int(v) for v in shape_s.split('x'))
         for dname in args.dtypes:
@@ -186,7 +187,8 @@ IMPL_NAMES = {'mmkat': '**mmkat**', 'compile': 'torch.compile(reference)', 'eage
 
 
 def markdown_table(rows):
-    lines = ['| shape | dtype | impl | fwd ms | bwd ms | fwd+bwd ms | floor ms | x floor |', '|---|---|---|---|---|---|---|---|']
+    lines = ['| shape | dtype | impl | fwd ms | bwd ms | fwd+bwd ms | floor ms | x floor |',
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
         ms = r['ms']
         lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['dtype']} | {IMPL_NAMES.get(r['impl'], r['impl'])} | "

@@ -2,8 +2,11 @@
 # of the plain ViT: 1024 px large-scale jitter, window attention (14) with global attention at blocks 2/5/8/11,
 # relative positions, a simple feature pyramid, AdamW lr 1e-4 wd 0.1 with layer-wise lr decay 0.7, AMP, 100 epochs
 # (184,375 iterations at 64 images). The backbone starts from the released ImageNet weights:
-#   python tools/train.py configs/kat/mask_rcnn_kat_b.py                        # data/coco, checkpoints/ below
-#   bash tools/dist_train.sh configs/kat/mask_rcnn_kat_b.py 8
+# The schedule assumes 64 images per iteration, 16 GPUs x 4 (mmdet's ViTDet setting):
+#   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=... bash tools/dist_train.sh configs/kat/mask_rcnn_kat_b.py 8   # 2 x 8 GPUs
+#   bash tools/dist_train.sh configs/kat/mask_rcnn_kat_b.py 8 --cfg-options train_dataloader.batch_size=8  # 8 GPUs
+# With fewer images per iteration add --auto-scale-lr (lr scaled by images / 64; the 184,375 iterations then
+# cover fewer epochs). data/coco, and the checkpoint below, are expected.
 #   python tools/test.py configs/kat/mask_rcnn_kat_b.py work_dirs/mask_rcnn_kat_b/iter_184375.pth   # bbox + segm mAP
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',

@@ -209,8 +209,10 @@ def _reference_backward(grad_output, x, weight_numerator, weight_denominator, gr
     den_terms = [c * ax]  # -dy P/Q^2 |x|^(j+1)
     for _ in range(1, NUM_DENOMINATOR):
         den_terms.append(den_terms[-1] * ax)
-    # The divided-through form, computed everywhere and selected beyond the threshold (no data-dependent branch: torch.compile traces the reference too). P = x^4 n, P' = x^4 P'r(t), Q = x^4 qr,
-    # dQ/d|x| = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / qr) / qr, dF/da_k = x^k / Q, dF/d|b_j| = -F |x|^(j+1) / Q.
+    # The divided-through form, computed everywhere and selected beyond the threshold (no data-dependent
+    # branch: torch.compile traces the reference too). P = x^4 n, P' = x^4 P'r(t), Q = x^4 qr,
+    # dQ/d|x| = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / qr) / qr, dF/da_k = x^k / Q and
+    # dF/d|b_j| = -F |x|^(j+1) / Q.
     xf, t, u, s, n, qr = _far_terms(xg, a, babs, far)
     pr = s * t + a[5]  # P / x^5
     dpr = _horner([(5 - k) * a[5 - k] for k in range(5)], t)  # 5 a5 + 4 a4 t + ... + a1 t^4

@@ -72,7 +72,8 @@ def test_upernet_config_holds_the_mmseg_vit_recipe(path):
     arch, dims = {'t': ('tiny', 192), 's': ('small', 384), 'b': ('base', 768)}[size]
     m = cfg.model
     b = m.backbone
-    assert (b.type, b.arch, b.img_size, b.out_type, tuple(b.out_indices)) == ('KAT', arch, 512, 'featmap', (2, 5, 8, 11))
+    got = (b.type, b.arch, b.img_size, b.out_type, tuple(b.out_indices))
+    assert got == ('KAT', arch, 512, 'featmap', (2, 5, 8, 11))
     assert b.init_cfg == dict(type='Pretrained', checkpoint=f'checkpoints/kat_{arch}_patch16_224.pth')
     assert m.pretrained is None
     assert (m.neck.type, list(m.neck.in_channels), m.neck.out_channels, list(m.neck.scales)) == (

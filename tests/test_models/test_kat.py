@@ -326,6 +326,40 @@ def test_init_cfg_pretrained_loads_every_wrapping(tmp_path, wrap):
     torch.testing.assert_close(model.pos_embed, sd['pos_embed'])
 
 
+def test_pretrained_none_means_no_pretraining_and_trains():
+    """`pretrained = None` in a config gives init_cfg=dict(type='Pretrained', checkpoint=None): the backbone
+    starts from its own init (the same as without init_cfg) and trains."""
+    torch.manual_seed(0)
+    model = small_kat(init_cfg=dict(type='Pretrained', checkpoint=None))
+    model.init_weights()
+    torch.manual_seed(0)
+    plain = small_kat()
+    plain.init_weights()
+    for (name, a), b in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    before = model.blocks[0].mlp.fc1.weight.detach().clone()
+    model(x)[-1].square().mean().backward()
+    opt.step()
+    assert not torch.equal(model.blocks[0].mlp.fc1.weight, before)
+
+
+def test_pretrained_map_location_is_used(tmp_path, monkeypatch):
+    import mmkat.models.backbones.kat as kat_module
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': released_like_state_dict()}, path)
+    seen = []
+    real = kat_module.load_state_dict_file
+    monkeypatch.setattr(kat_module, 'load_state_dict_file',
+                        lambda p, map_location='cpu': seen.append(map_location) or real(p, map_location=map_location))
+    def to_cpu(storage, location):
+        return storage
+
+    small_kat(init_cfg=dict(type='Pretrained', checkpoint=str(path), map_location=to_cpu)).init_weights()
+    assert seen == [to_cpu]
+
+
 def test_init_cfg_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
         small_kat(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'missing.pth'))).init_weights()

@@ -32,7 +32,8 @@ def test_models_modes_json_and_chart(tmp_path):
 
 def test_host_mode(tmp_path):
     out = tmp_path / 'host.json'
-    result = benchmark.main(['--host', '--device', 'cpu', '--steps', '2', '--repeats', '2', '--warmup', '1', '--out', str(out)])
+    result = benchmark.main(
+        ['--host', '--device', 'cpu', '--steps', '2', '--repeats', '2', '--warmup', '1', '--out', str(out)])
     assert result['kat_over_vit'] > 0
     assert {'GELU forward+backward', 'GroupRational forward+backward'} <= set(result['call_us'])
     assert json.loads(out.read_text())['host']['step_ms'].keys() == {'vit', 'kat'}

@@ -236,7 +236,13 @@ class KAT(BaseModule):
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
         pretrained = self._pretrained_cfg()
-        if pretrained is None:
+        if pretrained is not None and pretrained['checkpoint'] is None:
+            # `pretrained = None` in a config: no pretraining, the backbone starts from its own init
+            print_log("KAT: init_cfg=dict(type='Pretrained', checkpoint=None): no pretrained weights, the "
+                      f"backbone starts from its '{self.init_mode}' init", logger='current')
+            self.init_from_scratch()
+            self._is_init = True
+        elif pretrained is None:
             self.init_from_scratch()
             if self.init_cfg:
                 super().init_weights()  # any other init_cfg (e.g. TruncNormal) applies on top
@@ -246,7 +252,8 @@ class KAT(BaseModule):
             # mimetic init is skipped since the checkpoint overwrites every attention weight
             self.init_from_scratch(attention=False)
             self.load_pretrained(pretrained['checkpoint'], prefer_ema=pretrained.get('prefer_ema', False),
-                                 allow_missing=pretrained.get('allow_missing', False))
+                                 allow_missing=pretrained.get('allow_missing', False),
+                                 map_location=pretrained.get('map_location', 'cpu'))
             self._is_init = True
 
     def _pretrained_cfg(self) -> Optional[dict]:
@@ -290,19 +297,19 @@ class KAT(BaseModule):
         if self.final_norm:
             self.norm.reset_parameters()
 
-    def load_pretrained(self, checkpoint: Union[str, dict], prefer_ema: bool = False,
-                        allow_missing: bool = False) -> Dict[str, list]:
+    def load_pretrained(self, checkpoint: Union[str, dict], prefer_ema: bool = False, allow_missing: bool = False,
+                        map_location='cpu') -> Dict[str, list]:
         """Load a released KAT / timm ViT / mmkat checkpoint (path or loaded dict) into this backbone.
 
         Classifier keys are dropped, the position embedding and relative tables are resized, unexpected keys
         are logged. Refused: any shape mismatch, NaN or inf in a tensor, and a checkpoint that leaves backbone
         tensors unloaded, except the ones no released file holds (the rationals of a ViT checkpoint, the
         ViTDet relative-position tables) unless ``allow_missing=True`` (then they keep their init and are
-        logged). Returns the report.
+        logged). ``map_location`` is where the file's tensors are read to (torch.load's). Returns the report.
         """
         source = checkpoint if isinstance(checkpoint, str) else '<dict>'
         if isinstance(checkpoint, str):
-            checkpoint = load_state_dict_file(checkpoint)
+            checkpoint = load_state_dict_file(checkpoint, map_location=map_location)
         state_dict, report = backbone_state_dict(checkpoint, prefer_ema)
         if report['kind'] == ['kat'] and self.mlp != 'kan':
             raise ValueError(f"KAT: {source} is a KAT checkpoint but this backbone has mlp='gelu'")
