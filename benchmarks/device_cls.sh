@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# On the lent GPU machine: build mmkat._C with CUDA, run the CUDA tests, time KAT against the same-size ViT
+# Recorded-figure script (it made benchmarks/results/fmnist_h200), for a GPU machine without a package index: build mmkat._C with CUDA, run the CUDA tests, time KAT against the same-size ViT
 # in training (tools/benchmark.py), then train KAT-T and its GELU ViT twin on Fashion-MNIST (both at
 # once on the one GPU, same recipe and seed) and evaluate them.
 # Carried: .whl (OpenMMLab wheels incl. mmcv-lite) and .device/fmnist (Debian's dataset-fashion-mnist files).
 #   bash benchmarks/device_cls.sh            (results under $OUT, or work_dirs/device)
+# No `set -e`: every step runs even when an earlier one fails, and failures are reported in the log.
 set -uo pipefail
 EPOCHS=${EPOCHS:-30}
 TRAIN_LIMIT=${TRAIN_LIMIT:-400}

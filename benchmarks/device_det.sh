@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (issue #4): mmcv with CUDA ops (built, or unpacked from a carried build), then
+# Recorded-figure script (it made benchmarks/results/det_h200), for a GPU machine without a package index: mmcv with CUDA ops (built, or unpacked from a carried build), then
 #  1. KAT-S Mask R-CNN against its GELU-MLP twin (a plain ViT-S) at 1024 px, the full ViTDet detector and its
 #     AMP optimizer wrapper, synthetic batches (tools/benchmark_config.py): iterations/s, images/s, peak memory;
 #  2. a short real training of the demo detector on the demo scenes (tools/train.py) with bbox/segm mAP.
 # Carried: .whl (OpenMMLab wheels, mmcv sdist or a built mmcv_ops_*.tgz.part-*).
 #   bash benchmarks/device_det.sh          (results under $OUT, or work_dirs/device; SKIP_BENCH=1: the demo only)
+# No `set -e`: every step runs even when an earlier one fails, and failures are reported in the log.
 set -uo pipefail
 BATCH=${BATCH:-4}
 DEMO_EPOCHS=${DEMO_EPOCHS:-16}

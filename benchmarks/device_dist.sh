@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# On a lent machine with 2+ GPUs: demo configs trained with tools/dist_train.sh (torchrun, DDP, one process per
+# Recorded-figure script (it made benchmarks/results/dist_h200x2*), for a machine with 2+ GPUs and no package index: demo configs trained with tools/dist_train.sh (torchrun, DDP, one process per
 # GPU) and evaluated with tools/dist_test.sh, to check the multi-GPU path end to end.
 #   TASKS="cls det seg" GPUS=2 bash benchmarks/device_dist.sh     (TASKS=cls by default; logs under $OUT)
 # cls: the shapes classifier; det: Mask R-CNN on the demo scenes (bbox/segm mAP); seg: UperNet on them (mIoU).
 # det and seg need mmcv with CUDA ops (MMCV_OPS=1 below: a carried build from benchmarks/device_det.sh, or built).
+# No `set -e`: every step runs even when an earlier one fails, and failures are reported in the log.
 set -uo pipefail
 TASKS=${TASKS:-cls}
 case " $TASKS " in *" det "*|*" seg "*) export MMCV_OPS=1 ;; esac

@@ -1,7 +1,8 @@
-# Sourced by the benchmarks/device_*.sh scripts on the lent GPU machine (repository root, python3 with torch):
+# Sourced by the benchmarks/device_*.sh scripts on a GPU machine without a package index (repository root, python3 with torch):
 # installs the carried OpenMMLab wheels (.whl) into /tmp/site and builds mmkat._C in place with CUDA.
 # Making .whl here (the GPU machine has no package index):
-#   PYTHON=.venv/bin/python bash ../shared/tools/gpu_wheels.sh .whl      # the OpenMMLab set for Python 3.12
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl mmengine==0.10.7 addict yapf termcolor platformdirs   # and so on
 #   R=$PWD; (cd /tmp && tar xzf $R/.whl/mmcv-2.1.0.tar.gz && cd mmcv-2.1.0 && \
 #     MMCV_WITH_OPS=0 $R/.venv/bin/pip wheel --no-deps --no-build-isolation . -w $R/.whl)    # mmcv-lite
 #   .venv/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build mmkat._C with CUDA on the lent GPU machine, run the CUDA tests and the op benchmark.
+# Recorded-figure script (the kernel-tuning runs of benchmarks/README.md), for a GPU machine without a package
+# index: build mmkat._C with CUDA, run the CUDA tests and the op benchmark.
 # Run from the repository root there (python3 with torch; pip wheels of the OpenMMLab set carried in .whl):
 #   bash benchmarks/device_op.sh            (writes logs and JSON under $OUT, or work_dirs/device)
 # Variants of the CUDA kernels (MMKAT_CUDA_UNROLL) are built in copies and benchmarked too.
+# No `set -e`: every step runs even when an earlier one fails, and failures are reported in the log.
 set -uo pipefail
 OUT=${OUT:-work_dirs/device}
 mkdir -p "$OUT"

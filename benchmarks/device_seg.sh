@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (issue #5): mmcv with CUDA ops (unpacked from a carried build, else built), then
+# Recorded-figure script (it made benchmarks/results/seg_h200), for a GPU machine without a package index: mmcv with CUDA ops (unpacked from a carried build, else built), then
 #  1. KAT-S UperNet against its GELU-MLP twin (a plain ViT-S) at 512x512, the full config's segmentor and optimizer
 #     wrapper, synthetic batches (tools/benchmark_config.py): at the recipe's 2 images per GPU and at 8;
 #  2. a short real training of the demo segmentor on the demo scenes (tools/train.py) with mIoU.
 # Carried: .whl (OpenMMLab wheels, mmcv_ops_*.tgz.part-* from benchmarks/device_det.sh, or the mmcv sdist).
 #   bash benchmarks/device_seg.sh          (results under $OUT, or work_dirs/device; SKIP_BENCH=1: the demo only)
+# No `set -e`: every step runs even when an earlier one fails, and failures are reported in the log.
 set -uo pipefail
 DEMO_ITERS=${DEMO_ITERS:-1600}
 DEMO_BATCH=${DEMO_BATCH:-8}
