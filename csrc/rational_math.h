@@ -72,23 +72,34 @@ MMKAT_HD T rational_forward_direct(T x, T ax, const T* a, const T* babs) {
   return numerator(x, a) / denominator(ax, babs);
 }
 
-// F(x) in the divided-through form (|x| > kFarThreshold).
+// The divided-through form's polynomials (|x| > kFarThreshold, t = 1/x, u = |t|): the direct form's
+// coefficients in reverse order.
 template <typename T>
-MMKAT_HD T rational_forward_far(T x, const T* a, const T* babs) {
-  const T t = T(1) / x;
-  const T u = t < T(0) ? -t : t;
-  T pr = a[0];  // P(x) / x^5
+MMKAT_HD T numerator_far(T t, const T* a) {  // Pr(t) = P(x) / x^5
+  T pr = a[0];
   pr = pr * t + a[1];
   pr = pr * t + a[2];
   pr = pr * t + a[3];
   pr = pr * t + a[4];
   pr = pr * t + a[5];
-  T qr = T(1);  // Q(|x|) / x^4
+  return pr;
+}
+
+template <typename T>
+MMKAT_HD T denominator_far(T u, const T* babs) {  // Qr(u) = Q(|x|) / x^4
+  T qr = T(1);
   qr = qr * u + babs[0];
   qr = qr * u + babs[1];
   qr = qr * u + babs[2];
   qr = qr * u + babs[3];
-  return x * pr / qr;
+  return qr;
+}
+
+// F(x) in the divided-through form.
+template <typename T>
+MMKAT_HD T rational_forward_far(T x, const T* a, const T* babs) {
+  const T t = T(1) / x;
+  return x * numerator_far(t, a) / denominator_far(t < T(0) ? -t : t, babs);
 }
 
 template <typename T>
@@ -145,29 +156,19 @@ MMKAT_HD T rational_backward_direct(T x, T dy, const T* a, const T* babs, T* g) 
   return dx;
 }
 
-// The same in the divided-through form, |x| > kFarThreshold: P = x^4 (a5 x + s), P' = x^4 P'r(t), Q = x^4 Qr(u),
-// Q' = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / Qr) / Qr, dF/da_k = x^k / Q, dF/d|b_j| = -F |x|^(j+1) / Q.
+// The same in the divided-through form, |x| > kFarThreshold: P = x^5 Pr(t), P' = x^4 P'r(t), Q = x^4 Qr(u),
+// Q' = |x|^3 Q'r(u), so dF/dx = (P'r - Pr Q'r / Qr) / Qr, dF/da_k = x^k / Q, dF/d|b_j| = -F |x|^(j+1) / Q.
 template <typename T, int kStride = 1>
 MMKAT_HD T rational_backward_far(T x, T dy, const T* a, const T* babs, T* g) {
   const T t = T(1) / x;
   const T u = t < T(0) ? -t : t;
-  T s = a[0];
-  s = s * t + a[1];
-  s = s * t + a[2];
-  s = s * t + a[3];
-  s = s * t + a[4];
-  const T pr = s * t + a[5];                          // P / x^5
-  const T n = (a[5] == T(0) ? T(0) : a[5] * x) + s;  // P / x^4
-  T dpr = a[1];                                       // P' / x^4
+  const T pr = numerator_far(t, a);
+  T dpr = a[1];  // P' / x^4 = 5 a5 + 4 a4 t + 3 a3 t^2 + 2 a2 t^3 + a1 t^4
   dpr = dpr * t + T(2) * a[2];
   dpr = dpr * t + T(3) * a[3];
   dpr = dpr * t + T(4) * a[4];
   dpr = dpr * t + T(5) * a[5];
-  T qr = T(1);  // Q / x^4
-  qr = qr * u + babs[0];
-  qr = qr * u + babs[1];
-  qr = qr * u + babs[2];
-  qr = qr * u + babs[3];
+  const T qr = denominator_far(u, babs);
   T dqr = babs[0];  // Q' / |x|^3
   dqr = dqr * u + T(2) * babs[1];
   dqr = dqr * u + T(3) * babs[2];
@@ -185,7 +186,7 @@ MMKAT_HD T rational_backward_far(T x, T dy, const T* a, const T* babs, T* g) {
   g[1 * kStride] += w;
   w *= t;
   g[0 * kStride] += w;
-  T c = -dy * (n * iq) * iq;  // -dy F x^4 / Q
+  T c = -dy * (x * pr * iq) * iq;  // -dy F x^4 / Q, F = x Pr / Qr as in the forward
   g[9 * kStride] += c;
   c *= u;
   g[8 * kStride] += c;

@@ -33,8 +33,8 @@ def main(argv=None):
     if os.path.exists(args.dst) and not args.force:
         parser.error(f'{args.dst} exists; not overwriting it (pass --force to replace it)')
     try:
-        converted = to_openmmlab_checkpoint(load_state_dict_file(args.src), args.task, args.prefer_ema,
-                                            source=os.path.basename(args.src))
+        checkpoint = load_state_dict_file(args.src, allow_mmengine=True)  # an mmengine training checkpoint too
+        converted = to_openmmlab_checkpoint(checkpoint, args.task, args.prefer_ema, source=os.path.basename(args.src))
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         parser.exit(1, f'tools/convert_checkpoint.py: error: {err}\n')
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)

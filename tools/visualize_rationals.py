@@ -7,20 +7,116 @@ Usage:
 
 One row per block, two columns (act1, act2), one curve per group (every group evaluated on the same x grid
 with the reference op). The PNG goes next to the checkpoint as <stem>_rationals.png unless --out is given; an
-existing file is never replaced without --force. The logic lives in mmkat/utils/rationals.py.
+existing file is never replaced without --force. Reading: mmkat.models.checkpoint; collecting and evaluating
+the coefficients: mmkat.utils.rationals; plotting: here.
 """
 import argparse
 import os
 import sys
 import time
+from typing import List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
 
 try:
     import mmkat  # noqa: F401
 except ImportError:  # running from a checkout that is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmkat.utils.rationals import (RATIONAL_KEY_PATTERN, RationalsError, collect_rationals,  # noqa: E402,F401
-                                   evaluate_rationals, load_checkpoint, plot_rationals, select_state_dict)
+from mmkat.models.checkpoint import CheckpointError, read_state_dict  # noqa: E402
+from mmkat.ops import get_preset, group_rational  # noqa: E402
+from mmkat.utils.rationals import Key, RationalsError, collect_rationals, evaluate_rationals  # noqa: E402
+
+
+def _preset_curves(x: np.ndarray, names: Sequence[str]) -> List[Tuple[str, np.ndarray]]:
+    out = []
+    xt = torch.from_numpy(x)[:, None]
+    for name in names:
+        num, den = get_preset(name)
+        y = group_rational(xt, torch.tensor([num], dtype=torch.float64), torch.tensor([den], dtype=torch.float64),
+                           1, impl='reference')
+        out.append((name, y[:, 0].numpy()))
+    return out
+
+
+def plot_rationals(x: np.ndarray,
+                   curves: Mapping[Key, np.ndarray],
+                   out: str,
+                   title: str = '',
+                   preset_overlay: bool = False,
+                   dpi: int = 100) -> str:
+    """Draw one row per block, one column per activation (act1, act2), one curve per group; write a PNG.
+
+    The file is written to a temporary name next to ``out`` and renamed, so a failed run leaves no partial
+    file. Returns ``out``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    if not curves:
+        raise RationalsError('nothing to plot')
+    blocks = sorted({b for b, _ in curves})
+    acts = sorted({a for _, a in curves}) or ['act1', 'act2']
+    max_groups = max(c.shape[1] for c in curves.values())
+    fig = Figure(figsize=(3.6 * len(acts) + 0.6, 1.9 * len(blocks) + 1.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(blocks), len(acts), squeeze=False, sharex=True)
+
+    from matplotlib import colormaps
+    cmap = colormaps['tab10' if max_groups <= 10 else 'turbo']
+    colours = [cmap(g if max_groups <= 10 else g / max(max_groups - 1, 1)) for g in range(max_groups)]
+    overlays = _preset_curves(x, ['identity', 'swish']) if preset_overlay else []
+    overlay_style = {'identity': dict(color='0.45', ls=':'), 'swish': dict(color='black', ls='--')}
+
+    for r, block in enumerate(blocks):
+        for c, act in enumerate(acts):
+            ax = axes[r][c]
+            y = curves.get((block, act))
+            if y is None:
+                ax.text(0.5, 0.5, 'missing', ha='center', va='center', transform=ax.transAxes)
+            else:
+                for name, yp in overlays:
+                    ax.plot(x, yp, lw=1.0, zorder=1, **overlay_style.get(name, dict(ls='--')))
+                for g in range(y.shape[1]):
+                    ax.plot(x, y[:, g], color=colours[g], lw=1.1, zorder=2)
+            ax.axhline(0, color='0.85', lw=0.6, zorder=0)
+            ax.axvline(0, color='0.85', lw=0.6, zorder=0)
+            ax.tick_params(labelsize=7)
+            ax.set_title(f'block {block} {act}', fontsize=8, pad=2)
+        axes[r][0].set_ylabel('F(x)', fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel('x', fontsize=7)
+        ax.set_xlim(float(x[0]), float(x[-1]))
+
+    handles = [Line2D([], [], color=colours[g], lw=1.5) for g in range(max_groups)]
+    labels = [f'group {g}' for g in range(max_groups)]
+    for name, _ in overlays:
+        handles.append(Line2D([], [], lw=1.0, **overlay_style.get(name, dict(ls='--'))))
+        labels.append(f'{name} init')
+    # Fixed margins in inches (tight_layout costs seconds with dozens of axes): title, legend, then the grid.
+    height, width = fig.get_figheight(), fig.get_figwidth()
+    title_in = 0.2 * (title.count('\n') + 1) + 0.1 if title else 0.1
+    legend_rows = -(-len(labels) // 5)
+    top_in = title_in + 0.17 * legend_rows + 0.35
+    if title:
+        fig.suptitle(title, fontsize=9, y=1.0 - 0.08 / height, va='top')
+    fig.legend(handles, labels, loc='upper center', ncol=min(len(labels), 5), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1.0 - title_in / height))
+    fig.subplots_adjust(left=0.6 / width, right=1.0 - 0.15 / width, bottom=0.45 / height,
+                        top=1.0 - top_in / height, hspace=0.35, wspace=0.22)
+
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f'.{os.path.basename(out)}.{os.getpid()}.tmp')
+    try:
+        fig.savefig(tmp, format='png', dpi=dpi)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
 
 
 def default_out(checkpoint: str) -> str:
@@ -57,8 +153,7 @@ def main(argv=None) -> int:
             raise RationalsError(f'--points must be at least 2, got {args.points}')
         start = time.time()
         print(f'loading {args.checkpoint}', flush=True)
-        checkpoint = load_checkpoint(args.checkpoint)
-        state_dict, source = select_state_dict(checkpoint, prefer_ema=args.ema)
+        state_dict, source = read_state_dict(args.checkpoint, prefer_ema=args.ema)
         rationals = collect_rationals(state_dict, prefix=args.prefix, prefer_ema=args.ema)
         blocks = sorted({b for b, _ in rationals})
         groups = sorted({den.shape[0] for _, den in rationals.values()})
@@ -67,7 +162,7 @@ def main(argv=None) -> int:
         x, curves = evaluate_rationals(rationals, xlim=args.xlim, num_points=args.points)
         title = f'{os.path.basename(args.checkpoint)}\nweights from {source}'
         plot_rationals(x, curves, out, title=title, preset_overlay=args.preset_overlay, dpi=args.dpi)
-    except RationalsError as e:
+    except (CheckpointError, FileNotFoundError, RuntimeError) as e:  # RationalsError is a CheckpointError
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'wrote {out} ({time.time() - start:.1f} s)')

@@ -10,7 +10,8 @@ from typing import Dict, List, NamedTuple
 
 import torch
 
-from mmkat.models.checkpoint import load_state_dict_file
+from mmkat.models.checkpoint import MMENGINE_WRAPPERS
+from mmkat.models.checkpoint import read_state_dict as read_checkpoint
 
 
 class CheckpointFit(NamedTuple):
@@ -36,21 +37,15 @@ class CheckpointFit(NamedTuple):
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file as mmengine's loader sees them (``state_dict`` entry or the whole
+    """The tensors of a checkpoint file as mmengine's loader sees them (the ``state_dict`` entry or the whole
     dict, ``module.`` dropped); errors name the file."""
     try:
-        checkpoint = load_state_dict_file(path)
+        state, _ = read_checkpoint(path, wrappers=MMENGINE_WRAPPERS, allow_empty=True)  # the fit lists what is missing
     except (OSError, RuntimeError) as e:  # truncated zip, unpickling refused, not a torch file
         cause = e.__cause__ or e
         raise ValueError(f'{path} could not be read as a checkpoint ({type(cause).__name__}: '
                          f'{str(cause).splitlines()[0] if str(cause) else ""})') from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'{path} holds a {type(checkpoint).__name__}, not a dict of tensors')
-    state = checkpoint.get('state_dict', checkpoint)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: its 'state_dict' entry is a {type(state).__name__}, not a dict of tensors")
-    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()
-            if isinstance(v, torch.Tensor)}
+    return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
 
 
 def checkpoint_fit(model: torch.nn.Module, path: str) -> CheckpointFit:

@@ -1,49 +1,104 @@
-"""Reading released KAT (and timm ViT) checkpoints for the KAT backbone.
+"""Reading checkpoints: the one place where mmkat opens a checkpoint file and finds its state dict.
 
-Released files are plain fp32 state dicts in timm's ViT layout, possibly wrapped under 'model',
-'state_dict' or 'state_dict_ema'; full OpenMMLab model checkpoints prefix the backbone with 'backbone.'.
-Downloaded weights are untrusted: they are read with ``torch.load(weights_only=True)``.
+Released KAT and timm files are plain fp32 state dicts in timm's ViT layout, possibly wrapped under 'model',
+'state_dict' or 'state_dict_ema'; OpenMMLab model checkpoints (mmengine) hold 'state_dict' (and, for training
+checkpoints, 'message_hub', 'meta' and optimizer states) and prefix the backbone with 'backbone.'. Every file
+is read with ``torch.load(weights_only=True)``; mmengine's training-checkpoint types are allow-listed only
+when asked for (``allow_mmengine=True``, see :func:`mmkat.engine.allow_mmengine_checkpoints`).
+
+Errors: a missing file raises FileNotFoundError, a file that cannot be read as tensors RuntimeError, a
+checkpoint without the expected content :class:`CheckpointError` (a ValueError); every message names the
+file or what was expected.
 """
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema')
+# checkpoint wrappers, in order of preference (with prefer_ema, 'state_dict_ema' first)
+WRAPPER_KEYS = ('state_dict', 'model', 'state_dict_ema', 'module')
+MMENGINE_WRAPPERS = ('state_dict', )  # what mmengine's own loader looks into
 HEAD_PREFIXES = ('head.', 'fc_norm.', 'head_drop.')
 _RATIONAL_KEY = re.compile(r'^blocks\.\d+\.mlp\.act[12]\.weight_(numerator|denominator)$')
 
 
-def load_state_dict_file(path: str, map_location='cpu') -> dict:
-    """Load a checkpoint file as tensors only (``weights_only=True``), with a clear error when it is
-    missing or holds more than tensors."""
+class CheckpointError(ValueError):
+    """A checkpoint without the content that was expected of it."""
+
+
+def load_state_dict_file(path: str, map_location='cpu', allow_mmengine: bool = False):
+    """Load a checkpoint file as tensors only (``weights_only=True``).
+
+    ``allow_mmengine=True`` also accepts mmengine training checkpoints: when the weights-only unpickler
+    refuses the file, mmengine's types are allow-listed and the file is read again. Raises
+    FileNotFoundError for a missing file and RuntimeError, naming the file, for one that cannot be read.
+    """
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path!r} (expected a .pth file of a released KAT, '
-                                'a timm ViT or an mmkat-converted model)')
+                                'a timm ViT or an mmkat / OpenMMLab model)')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch raises UnpicklingError and friends)
-        raise RuntimeError(
-            f'could not load {path} as a weights-only checkpoint ({type(err).__name__}: {err}). Released KAT and '
-            'timm files hold tensors only; a training checkpoint written by mmengine should be given to '
-            '`tools/train.py --resume` or converted by `tools/convert_checkpoint.py`.') from err
+        first = err
+    if allow_mmengine:
+        from mmkat.engine.checkpoint import allow_mmengine_checkpoints
+        allow_mmengine_checkpoints()
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            first = err
+    hint = ('' if allow_mmengine else ' Released KAT and timm files hold tensors only; a training checkpoint '
+            'written by mmengine should be given to `tools/train.py --resume` or converted by '
+            '`tools/convert_checkpoint.py`.')
+    raise RuntimeError(f'could not load {path} as a weights-only checkpoint ({type(first).__name__}: '
+                       f'{str(first).strip().splitlines()[0] if str(first).strip() else ""}).{hint}') from first
 
 
-def unwrap_state_dict(checkpoint: dict, prefer_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:
-    """The tensor dict inside ``checkpoint`` and where it was found ('' for a plain state dict)."""
-    if not isinstance(checkpoint, dict):
-        raise TypeError(f'a checkpoint must be a dict of tensors, got {type(checkpoint).__name__}')
-    order = ('state_dict_ema',) + WRAPPER_KEYS if prefer_ema else WRAPPER_KEYS
+def unwrap_state_dict(checkpoint: Mapping, prefer_ema: bool = False, wrappers: Tuple[str, ...] = WRAPPER_KEYS,
+                      allow_empty: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The tensor dict inside ``checkpoint`` and where it was found ('' for a plain state dict).
+
+    The first of ``wrappers`` that holds a dict with tensors wins (with ``prefer_ema``, 'state_dict_ema'
+    first); otherwise the top-level tensors. ``wrappers=MMENGINE_WRAPPERS`` looks where mmengine's loader
+    looks. Non-tensor entries are left out. A dict without tensors is an error unless ``allow_empty``.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'a checkpoint must be a dict of tensors (or one wrapping it under one of '
+                              f'{list(wrappers)}), got {type(checkpoint).__name__}')
+    order = (('state_dict_ema', ) + tuple(w for w in wrappers if w != 'state_dict_ema')) if prefer_ema else wrappers
     for key in order:
         inner = checkpoint.get(key)
-        if isinstance(inner, dict) and inner and all(torch.is_tensor(v) for v in inner.values()):
-            return dict(inner), key
+        if isinstance(inner, Mapping) and any(torch.is_tensor(v) for v in inner.values()):
+            return {k: v for k, v in inner.items() if torch.is_tensor(v)}, key
     tensors = {k: v for k, v in checkpoint.items() if torch.is_tensor(v)}
-    if not tensors:
-        raise ValueError('no state dict found in the checkpoint: expected tensors at the top level or under one of '
-                         f'{WRAPPER_KEYS}; top-level keys are {sorted(checkpoint)[:10]}')
+    if not tensors and not allow_empty:
+        raise CheckpointError('no state dict found in the checkpoint: expected tensors at the top level or under '
+                              f'one of {list(wrappers)}; top-level keys are {sorted(map(str, checkpoint))[:10]}')
     return tensors, ''
+
+
+def describe_source(checkpoint: Mapping, source: str, prefer_ema: bool = False) -> str:
+    """Where :func:`unwrap_state_dict` found the weights, for messages ('the top-level dict', "'model'", ...)."""
+    if not source:
+        return 'the top-level dict'
+    note = f"'{source}'"
+    if source == 'state_dict' and 'ema_state_dict' in checkpoint:
+        note += " (mmengine EMAHook checkpoint: 'state_dict' holds the EMA weights)"
+    elif prefer_ema and source != 'state_dict_ema':
+        note += ' (no EMA weights in this checkpoint)'
+    return note
+
+
+def read_state_dict(path: str, map_location='cpu', prefer_ema: bool = False, wrappers: Tuple[str, ...] = WRAPPER_KEYS,
+                    allow_empty: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Read ``path`` (mmengine checkpoints allowed) and return its state dict and where it was found."""
+    checkpoint = load_state_dict_file(path, map_location=map_location, allow_mmengine=True)
+    try:
+        state_dict, source = unwrap_state_dict(checkpoint, prefer_ema, wrappers, allow_empty)
+    except CheckpointError as e:
+        raise CheckpointError(f'{path}: {e}') from None
+    return state_dict, describe_source(checkpoint, source, prefer_ema)
 
 
 def strip_prefixes(state_dict: Dict[str, torch.Tensor],
@@ -67,22 +122,22 @@ def checkpoint_kind(state_dict: Dict[str, torch.Tensor]) -> str:
 
 
 def backbone_state_dict(checkpoint: dict,
-                        prefer_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[str]]]:
+                        prefer_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Union[str, List[str]]]]:
     """The backbone part of a released KAT / timm ViT / mmkat checkpoint, in KAT's key names.
 
-    Returns the state dict and a report: 'source' (where it was found), 'kind', 'dropped' (classifier keys
-    removed: a dense task has no ImageNet head).
+    Returns the state dict and a report: 'source' (where it was found), 'kind' ('kat' or 'vit'), 'dropped'
+    (the classifier keys removed: a dense task has no ImageNet head).
     """
     state_dict, source = unwrap_state_dict(checkpoint, prefer_ema)
     state_dict = strip_prefixes(state_dict)
     kind = checkpoint_kind(state_dict)
     if kind == 'unknown':
-        raise ValueError('the checkpoint is neither a KAT nor a timm ViT state dict: expected keys such as '
+        raise CheckpointError('the checkpoint is neither a KAT nor a timm ViT state dict: expected keys such as '
                          "'blocks.0.attn.qkv.weight' and 'blocks.0.mlp.fc1.weight' (optionally under "
                          f"'backbone.'); found e.g. {sorted(state_dict)[:6]}")
     dropped = sorted(k for k in state_dict if k.startswith(HEAD_PREFIXES))
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(HEAD_PREFIXES)}
-    return state_dict, dict(source=[source or '<top level>'], kind=[kind], dropped=dropped)
+    return state_dict, dict(source=source or '<top level>', kind=kind, dropped=dropped)
 
 
 def classifier_state_dict(checkpoint: dict, prefer_ema: bool = False) -> Optional[Dict[str, torch.Tensor]]:
@@ -110,12 +165,12 @@ def to_openmmlab_checkpoint(checkpoint: dict, task: str, prefer_ema: bool = Fals
     if task == 'cls':
         head = classifier_state_dict(checkpoint, prefer_ema)
         if head is None:
-            raise ValueError("task='cls' needs the released classifier ('head.weight', 'head.bias'), which this "
+            raise CheckpointError("task='cls' needs the released classifier ('head.weight', 'head.bias'), which this "
                              "checkpoint lacks; use task='det' or 'seg' for a backbone-only file")
         state_dict['head.fc.weight'] = head['weight'].clone()
         state_dict['head.fc.bias'] = head['bias'].clone()
     blocks = {int(k.split('.')[1]) for k in backbone if k.startswith('blocks.')}
     meta = dict(converted_by='mmkat tools/convert_checkpoint.py', source=source, task=task,
-                kind=report['kind'][0], found_in=report['source'][0], embed_dims=int(backbone['cls_token'].shape[-1])
+                kind=report['kind'], found_in=report['source'], embed_dims=int(backbone['cls_token'].shape[-1])
                 if 'cls_token' in backbone else None, num_layers=len(blocks))
     return dict(state_dict=state_dict, meta=meta)

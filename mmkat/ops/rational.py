@@ -160,16 +160,15 @@ FAR_THRESHOLD = 65536.0
 
 
 def _far_terms(xg, a, babs, far):
-    """The form divided through by x^4, at the elements where ``far`` holds (x = 1 elsewhere, so that the
-    unused elements stay finite): t = 1/x, u = |t|, s = a4 + a3 t + a2 t^2 + a1 t^3 + a0 t^4,
-    n = P / x^4 = a5 x + s (no a5 * inf when a5 = 0) and qr = Q / x^4 = |b3| + |b2| u + ... + u^4."""
+    """The divided-through form's pieces at the elements where ``far`` holds (x = 1 elsewhere, so that the
+    unused elements stay finite): t = 1/x, u = |t|, Pr(t) = P(x) / x^5 = a5 + a4 t + ... + a0 t^5 and
+    Qr(u) = Q(|x|) / x^4 = |b3| + |b2| u + ... + u^4."""
     xf = torch.where(far, xg, torch.ones_like(xg))
     t = 1.0 / xf
     u = t.abs()
-    s = _horner([a[4], a[3], a[2], a[1], a[0]], t)
-    n = torch.where(a[5] == 0, torch.zeros_like(xf), a[5] * xf) + s
+    pr = _horner([a[5 - k] for k in range(NUM_NUMERATOR)], t)
     qr = _horner([babs[3], babs[2], babs[1], babs[0], torch.ones_like(babs[0])], u)
-    return xf, t, u, s, n, qr
+    return xf, t, u, pr, qr
 
 
 def _reference_forward(x, weight_numerator, weight_denominator, groups):
@@ -210,18 +209,17 @@ def _reference_backward(grad_output, x, weight_numerator, weight_denominator, gr
     for _ in range(1, NUM_DENOMINATOR):
         den_terms.append(den_terms[-1] * ax)
     # The divided-through form, computed everywhere and selected beyond the threshold (no data-dependent
-    # branch: torch.compile traces the reference too). P = x^4 n, P' = x^4 P'r(t), Q = x^4 qr,
-    # dQ/d|x| = |x|^3 Q'r(u), so dF/dx = (P'r - (P / x^5) Q'r / qr) / qr, dF/da_k = x^k / Q and
+    # branch: torch.compile traces the reference too). P = x^5 Pr(t), P' = x^4 P'r(t), Q = x^4 qr,
+    # dQ/d|x| = |x|^3 Q'r(u), so dF/dx = (P'r - Pr Q'r / qr) / qr, dF/da_k = x^k / Q and
     # dF/d|b_j| = -F |x|^(j+1) / Q.
-    xf, t, u, s, n, qr = _far_terms(xg, a, babs, far)
-    pr = s * t + a[5]  # P / x^5
+    xf, t, u, pr, qr = _far_terms(xg, a, babs, far)
     dpr = _horner([(5 - k) * a[5 - k] for k in range(5)], t)  # 5 a5 + 4 a4 t + ... + a1 t^4
     dqr = _horner([(4 - j) * babs[3 - j] for j in range(4)], u)  # 4|b3| + 3|b2| u + 2|b1| u^2 + |b0| u^3
     iqr = 1.0 / qr
     dx = torch.where(far, dy * (dpr - pr * iqr * dqr) * iqr, dx)
     w = dy * iqr  # dy x^4 / Q
     far_num = [w * t**4, w * t**3, w * t**2, w * t, w, w * xf]
-    cf = -dy * (n * iqr) * iqr  # -dy F x^4 / Q
+    cf = -dy * (xf * pr * iqr) * iqr  # -dy F x^4 / Q, F = x Pr / Qr as in the forward
     far_den = [cf * u**3, cf * u**2, cf * u, cf]
     num_terms = [torch.where(far, fv, dv) for fv, dv in zip(far_num, num_terms)]
     den_terms = [torch.where(far, fv, dv) for fv, dv in zip(far_den, den_terms)]

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmkat.utils.rationals import (RationalsError, collect_rationals, evaluate_rationals, load_checkpoint,
-                                   select_state_dict)
+from mmkat.models.checkpoint import describe_source, read_state_dict, unwrap_state_dict
+from mmkat.utils.rationals import RationalsError, collect_rationals, evaluate_rationals
+
+
+def select_state_dict(checkpoint, prefer_ema=False):
+    """The state dict of an in-memory checkpoint and where it came from, as the tool reports it."""
+    state_dict, source = unwrap_state_dict(checkpoint, prefer_ema)
+    return state_dict, describe_source(checkpoint, source, prefer_ema)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, 'tools', 'visualize_rationals.py')
@@ -54,7 +60,7 @@ def test_collect_finds_every_activation(wrapped):
     plain = make_state_dict(prefix='backbone.' if wrapped else '')
     ckpt = dict(state_dict=plain, meta=dict(epoch=1), message_hub={}) if wrapped else plain
     sd, source = select_state_dict(ckpt)
-    assert sd is plain and ('state_dict' in source) == wrapped
+    assert sd == plain and ('state_dict' in source) == wrapped
     rationals = collect_rationals(sd)
     assert list(rationals) == EXPECTED_KEYS
     prefix = 'backbone.' if wrapped else ''
@@ -111,7 +117,7 @@ def test_ema_and_prefix_selection():
     assert collect_rationals(select_state_dict(ckpt, prefer_ema=True)[0])[(0, 'act1')][0].equal(ema[key].double())
     # an mmengine EMAHook checkpoint: 'state_dict' already holds the averaged weights
     sd, source = select_state_dict(dict(state_dict=model, ema_state_dict={}), prefer_ema=True)
-    assert sd is model and 'EMA' in source
+    assert sd == model and 'EMA' in source
     # 'ema_'-prefixed copies beside the model keys: the model is used unless EMA is asked for
     both = {**make_state_dict('backbone.', seed=4), **make_state_dict('ema_backbone.', seed=5)}
     assert collect_rationals(both)[(0, 'act1')][0].equal(both['backbone.' + key].double())
@@ -131,10 +137,10 @@ class NotATensor:
 def test_non_weights_checkpoint_errors_clearly(tmp_path):
     path = tmp_path / 'train.pth'
     torch.save(dict(state_dict=make_state_dict('backbone.'), meta=NotATensor()), path)
-    with pytest.raises(RationalsError, match='weights_only'):
-        load_checkpoint(str(path))
-    with pytest.raises(RationalsError, match='does not exist'):
-        load_checkpoint(str(tmp_path / 'missing.pth'))
+    with pytest.raises(RuntimeError, match=f'could not load {path} as a weights-only checkpoint'):
+        read_state_dict(str(path))
+    with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
+        read_state_dict(str(tmp_path / 'missing.pth'))
 
 
 def test_mmengine_training_checkpoint_loads(tmp_path):
@@ -147,7 +153,7 @@ def test_mmengine_training_checkpoint_loads(tmp_path):
     path = tmp_path / 'epoch_1.pth'
     torch.save(dict(meta=dict(epoch=1, seed=np.int64(3)), state_dict=make_state_dict('backbone.'),
                     message_hub=hub.state_dict()), path)
-    sd, source = select_state_dict(load_checkpoint(str(path)))
+    sd, source = read_state_dict(str(path))
     assert source == "'state_dict'" and list(collect_rationals(sd)) == EXPECTED_KEYS
 
 

@@ -311,7 +311,7 @@ class KAT(BaseModule):
         if isinstance(checkpoint, str):
             checkpoint = load_state_dict_file(checkpoint, map_location=map_location)
         state_dict, report = backbone_state_dict(checkpoint, prefer_ema)
-        if report['kind'] == ['kat'] and self.mlp != 'kan':
+        if report['kind'] == 'kat' and self.mlp != 'kan':
             raise ValueError(f"KAT: {source} is a KAT checkpoint but this backbone has mlp='gelu'")
         non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if non_finite:
@@ -320,7 +320,7 @@ class KAT(BaseModule):
                              'load it')
         own = self.state_dict()
         unloaded = [k for k in own if k not in state_dict and not re.search(r'(^|\.)rel_pos_[hw]$', k)
-                    and not (report['kind'] == ['vit'] and ('.act1.' in k or '.act2.' in k))]
+                    and not (report['kind'] == 'vit' and ('.act1.' in k or '.act2.' in k))]
         if unloaded and not allow_missing:
             raise ValueError(
                 f'KAT: {source} leaves {len(unloaded)} of {len(own)} backbone tensors unloaded '
@@ -329,9 +329,9 @@ class KAT(BaseModule):
                 'to load it and keep their init')
         result = self.load_state_dict(state_dict, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-        print_log(f'KAT: loaded {source} ({report["kind"][0]} weights from {report["source"][0]}); dropped the '
+        print_log(f'KAT: loaded {source} ({report["kind"]} weights from {report["source"]}); dropped the '
                   f'classifier keys {report["dropped"]}', logger='current')
-        if report['kind'] == ['vit']:
+        if report['kind'] == 'vit':
             rationals = [k for k in missing if '.act1.' in k or '.act2.' in k]
             missing = [k for k in missing if k not in rationals]
             if rationals:
