@@ -139,6 +139,36 @@ def test_kat_drops_into_an_mmseg_packaged_segformer_config(tmp_path):
     assert torch.isfinite(loss) and model.backbone.blocks[3].mlp.fc2.weight.grad.abs().sum() > 0
 
 
+SINGLE_INPUT_CONFIG = '''
+_base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb4-80k_ade20k-512x512.py']
+custom_imports = dict(imports=['mmkat'], allow_failed_imports=False)
+model = dict(
+    pretrained=None,
+    backbone=dict(_delete_=True, type='KAT', arch='small', img_size=512, out_type='featmap', out_indices=-1,
+                  final_norm=False),
+    decode_head=dict(in_channels=384, in_index=0),
+    auxiliary_head=None)
+'''
+
+
+def test_kat_drops_into_a_single_input_head_config(tmp_path):
+    """The README's single-feature-map variant on mmseg's own DeepLabV3 config (ASPPHead, one input)."""
+    from mmengine.config import Config
+    path = tmp_path / 'deeplabv3_kat_s.py'
+    path.write_text(SINGLE_INPUT_CONFIG)
+    cfg = Config.fromfile(str(path))
+    assert cfg.model.decode_head.type == 'ASPPHead' and cfg.model.backbone.type == 'KAT'
+    cfg.model.backbone.update(arch=TINY, img_size=64)
+    cfg.model.decode_head.update(in_channels=32, channels=16)
+    cfg.model.data_preprocessor.size = (64, 64)
+    model = build_segmentor(cfg)
+    model.train()
+    data = model.data_preprocessor(seg_batch(64, 64, 150), training=True)
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.blocks[3].mlp.fc2.weight.grad.abs().sum() > 0
+
+
 def test_seg_optim_wrapper_applies_layer_decay():
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper

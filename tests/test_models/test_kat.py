@@ -360,6 +360,17 @@ def test_pretrained_map_location_is_used(tmp_path, monkeypatch):
     assert seen == [to_cpu]
 
 
+def test_checkpoint_of_another_size_is_named(tmp_path):
+    """A 32-dim, 4-block file into a 48-dim or a 2-block model: the message says which size each is."""
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': released_like_state_dict()}, path)
+    init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    with pytest.raises(ValueError, match=r'32-dim, 4 blocks checkpoint, but this backbone is 48-dim, 4 blocks'):
+        small_kat(arch=dict(SMALL, embed_dims=48), init_cfg=init_cfg).init_weights()
+    with pytest.raises(ValueError, match=r'32-dim, 4 blocks checkpoint, but this backbone is 32-dim, 2 blocks'):
+        small_kat(arch=dict(SMALL, num_layers=2), init_cfg=init_cfg).init_weights()
+
+
 def test_init_cfg_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='checkpoint file not found'):
         small_kat(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'missing.pth'))).init_weights()

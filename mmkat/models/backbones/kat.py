@@ -313,6 +313,7 @@ class KAT(BaseModule):
         state_dict, report = backbone_state_dict(checkpoint, prefer_ema)
         if report['kind'] == 'kat' and self.mlp != 'kan':
             raise ValueError(f"KAT: {source} is a KAT checkpoint but this backbone has mlp='gelu'")
+        self._check_checkpoint_size(state_dict, source)
         non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if non_finite:
             raise ValueError(f'KAT: {source} holds NaN or inf in {len(non_finite)} tensors '
@@ -342,6 +343,24 @@ class KAT(BaseModule):
         if unexpected:
             print_log(f'KAT: unexpected keys (ignored): {unexpected}', logger='current', level=30)
         return dict(missing=missing, unexpected=unexpected, dropped=report['dropped'])
+
+    def _check_checkpoint_size(self, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+        """A checkpoint of another width or depth: say which size it is, not a list of shape mismatches."""
+        proj = state_dict.get('patch_embed.proj.weight')
+        dims = int(proj.shape[0]) if proj is not None and proj.dim() == 4 else None
+        blocks = [int(k.split('.')[1]) for k in state_dict if k.startswith('blocks.') and k.split('.')[1].isdigit()]
+        depth = max(blocks) + 1 if blocks else self.num_layers
+        # fewer blocks than the model: the unloaded-tensor check below lists them (and allow_missing applies)
+        if (dims is None or dims == self.embed_dims) and depth <= self.num_layers:
+            return
+
+        def name(d, n):
+            sizes = {(192, 12): 'tiny', (384, 12): 'small', (768, 12): 'base'}
+            return f"{sizes[(d, n)]} ({d}-dim, {n} blocks)" if (d, n) in sizes else f'{d}-dim, {n} blocks'
+
+        raise ValueError(f'KAT: {source} is a {name(dims or self.embed_dims, depth)} checkpoint, but this '
+                         f'backbone is {name(self.embed_dims, self.num_layers)}: pick the matching arch '
+                         "(model.backbone.arch='tiny' | 'small' | 'base') or the matching file")
 
     def _resize_on_load(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                         error_msgs) -> None:
