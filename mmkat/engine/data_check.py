@@ -34,24 +34,42 @@ def _datasets(cfg, key: str) -> Iterator[Tuple[str, dict]]:
                 yield key, item
 
 
+def _evaluators(cfg, loader: str) -> Iterator[Tuple[str, dict]]:
+    """(config key, metric config) of the evaluator that goes with ``loader`` (val_dataloader -> val_evaluator)."""
+    key = loader.replace('_dataloader', '_evaluator')
+    items = cfg.get(key)
+    if isinstance(items, dict):
+        yield key, items
+    elif isinstance(items, (list, tuple)):
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                yield f'{key}.{i}', item
+
+
 def missing_data(cfg, loaders=('train_dataloader', 'val_dataloader')) -> List[str]:
-    """One message per dataset of ``loaders`` whose data_root or annotation file does not exist (remote paths
-    are not checked), with where it is expected and how to get it.
+    """One message per dataset of ``loaders`` (and per metric of their evaluators) whose data_root or
+    annotation file does not exist (remote paths are not checked), with where it is expected and how to get
+    it; then one line with every path key the run reads, to point all of them elsewhere at once.
 
     The hint comes from the config's top-level ``data_hint`` string when it has one (``{root}`` is replaced by
     the dataset's data_root), else from :data:`HINTS` by dataset type."""
     messages = []
     config_hint = cfg.get('data_hint')
+    keys = []  # (config key, its value with the loader's dataset root replaced by NEW_ROOT)
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg or 'dataset' not in loader_cfg:
             continue
+        first_root = None
         for key, dataset in _datasets(loader_cfg['dataset'], f'{loader}.dataset'):
             root = dataset.get('data_root') or ''
             ann = dataset.get('ann_file') or ''
             paths = [p for p in (root, osp.join(root, ann) if ann else '') if p]
             if any('://' in p for p in paths):
                 continue
+            if root:
+                first_root = first_root or root
+                keys.append((f'{key}.data_root', 'NEW_ROOT'))
             missing = next((p for p in paths if not osp.exists(p)), None)
             if missing is None:
                 continue
@@ -61,6 +79,20 @@ def missing_data(cfg, loaders=('train_dataloader', 'val_dataloader')) -> List[st
             hint = hint.format(root=root or '.')
             messages.append(f'{loader}: {kind} expects {missing!r}, which does not exist. {hint}. Data elsewhere: '
                             f'--cfg-options {key}.data_root=PATH')
+        for key, metric in _evaluators(cfg, loader):
+            ann = metric.get('ann_file')
+            if not isinstance(ann, str) or not ann or '://' in ann:
+                continue
+            rel = osp.relpath(ann, first_root) if first_root and ann.startswith(first_root.rstrip('/')) else None
+            keys.append((f'{key}.ann_file', f'NEW_ROOT/{rel}' if rel else 'PATH'))
+            if not osp.exists(ann):
+                kind = metric.get('type', '?')
+                kind = kind if isinstance(kind, str) else getattr(kind, '__name__', '?')
+                messages.append(f'{key.split(".")[0]}: {kind} reads {ann!r}, which does not exist. Elsewhere: '
+                                f'--cfg-options {key}.ann_file=PATH')
+    if messages and len(keys) > 1:
+        messages.append('to read all of it from NEW_ROOT instead: --cfg-options ' +
+                        ' '.join(f'{k}={v}' for k, v in dict(keys).items()))
     return messages
 
 

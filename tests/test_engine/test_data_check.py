@@ -47,3 +47,25 @@ def test_train_tool_stops_before_building_anything_without_coco(tmp_path):
     assert result.returncode == 1
     assert "CocoDataset expects 'data/coco/'" in result.stderr and 'cocodataset.org' in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_every_path_the_run_reads_is_checked_and_listed_once(tmp_path):
+    """The evaluator's ann_file is checked too, and the last line sets every path key at once: applying it
+    (with the data at the new root) leaves nothing missing."""
+    def dataset(split):
+        return dict(type='CocoDataset', data_root='data/old/', ann_file=f'annotations/{split}.json',
+                    data_prefix=dict(img=f'{split}/'))
+
+    cfg = Config(dict(train_dataloader=dict(dataset=dataset('train')), val_dataloader=dict(dataset=dataset('val')),
+                      val_evaluator=dict(type='CocoMetric', ann_file='data/old/annotations/val.json')))
+    messages = missing_data(cfg)
+    assert any(m.startswith("val_evaluator: CocoMetric reads 'data/old/annotations/val.json'") for m in messages)
+    options = messages[-1].split('--cfg-options ', 1)[1].split()
+    assert options == ['train_dataloader.dataset.data_root=NEW_ROOT', 'val_dataloader.dataset.data_root=NEW_ROOT',
+                       'val_evaluator.ann_file=NEW_ROOT/annotations/val.json']
+    new_root = tmp_path / 'scenes'
+    (new_root / 'annotations').mkdir(parents=True)
+    for split in ('train', 'val'):
+        (new_root / 'annotations' / f'{split}.json').write_text('{}')
+    cfg.merge_from_dict({k: v.replace('NEW_ROOT', str(new_root)) for k, v in (o.split('=', 1) for o in options)})
+    assert missing_data(cfg) == []
