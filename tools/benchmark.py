@@ -225,10 +225,10 @@ def print_table(rows, profile):
     print('\n' + cols + extra)
     print('|' + '---|' * (cols.count('|') - 1 + extra.count('|')))
     for r in rows:
-        mem = r.get('peak_mem_gib', float('nan'))
+        # no peak memory on the CPU, for inference, or under CUDA graphs: '-' (not measured), not a number
+        mem = f"{r['peak_mem_gib']:.2f} | {ratio(rows, r, 'peak_mem_gib'):.2f}" if 'peak_mem_gib' in r else '- | -'
         line = (f"| {r['arch']} | {r['mode']} | {r['compile']} | {NAMES[r['model']]} | {r['params'] / 1e6:.2f} M | "
-                f"{r['images_per_s']:.0f} | {ratio(rows, r):.2f} | {r['ms_per_step']:.2f} | {mem:.2f} | "
-                f"{ratio(rows, r, 'peak_mem_gib') if 'peak_mem_gib' in r else float('nan'):.2f} |")
+                f"{r['images_per_s']:.0f} | {ratio(rows, r):.2f} | {r['ms_per_step']:.2f} | {mem} |")
         if profile:
             line += f" {r['kernel_ms']:.2f} | {r['profile_wall_ms']:.2f} | {100 * r['gpu_busy']:.0f}% |"
         print(line)
@@ -351,17 +351,23 @@ def host_costs(args, device) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--archs', nargs='+', default=['tiny', 'small', 'base'], choices=sorted(ARCHS))
-    parser.add_argument('--models', nargs='+', default=['vit', 'kat', 'timm-vit'], choices=MODELS)
-    parser.add_argument('--modes', nargs='+', default=['train', 'infer'], choices=['train', 'infer'])
-    parser.add_argument('--compile', nargs='+', default=['eager', 'default'], choices=COMPILE)
-    parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--archs', nargs='+', default=['tiny', 'small', 'base'], choices=sorted(ARCHS),
+                        metavar='ARCH', help='model sizes: tiny small base (default: all three)')
+    parser.add_argument('--models', nargs='+', default=['vit', 'kat', 'timm-vit'], choices=MODELS, metavar='MODEL',
+                        help="kat, vit (KAT with mlp='gelu', the twin) and timm-vit (default: all three)")
+    parser.add_argument('--modes', nargs='+', default=['train', 'infer'], choices=['train', 'infer'],
+                        help='train (forward, backward, AdamW step) and/or infer (default: both)')
+    parser.add_argument('--compile', nargs='+', default=['eager', 'default'], choices=COMPILE, metavar='MODE',
+                        help=f'eager and/or torch.compile modes, of {list(COMPILE)} (default: eager default)')
+    parser.add_argument('--batch-size', type=int, default=128, help='images per step (default 128)')
+    parser.add_argument('--img-size', type=int, default=224, help='square input size in pixels (default 224)')
     parser.add_argument('--steps', type=int, default=10, help='iterations per timed round')
     parser.add_argument('--repeats', type=int, default=5, help='timed rounds (the median is reported)')
     parser.add_argument('--warmup', type=int, default=5, help='iterations before timing (compilation included)')
-    parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'])
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float16', 'float32'],
+                        help='autocast dtype; float32 runs without autocast (default bfloat16)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='cuda or cpu (default: cuda when a GPU is visible)')
     parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
     parser.add_argument('--top-kernels', type=int, default=0, help='with --profile: list the N costliest kernels')
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
