@@ -5,8 +5,8 @@ a noisy two-tone background; objects never overlap, so every mask is whole. :fun
 folder in the standard layouts, so mmdet's ``CocoDataset`` and mmseg's ``BaseSegDataset`` read it unchanged:
 
     ROOT/images/{train,val}/000000.jpg ...           RGB images
-    ROOT/annotations/instances_{train,val}.json       COCO instances (category ids 1..5, bbox, uncompressed-RLE
-                                                      masks, area)
+    ROOT/annotations/instances_{train,val}.json       COCO instances (category ids 1..5, bbox, RLE masks
+                                                      (pycocotools' compressed form), area)
     ROOT/seg/{train,val}/000000.png ...               semantic label maps: 0 background, 1..5 the classes
 
 Everything is drawn from ``seed`` and the split, so the same arguments give the same files.
@@ -60,15 +60,11 @@ def draw_scene(size: int, rng: np.random.Generator, max_objects: int = 4,
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
-def mask_to_rle(mask: np.ndarray) -> Dict[str, list]:
-    """COCO's uncompressed RLE of a bool HxW mask: run lengths in column-major order, starting with zeros."""
-    flat = np.asarray(mask, dtype=bool).ravel(order='F')
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {'counts': counts, 'size': [int(mask.shape[0]), int(mask.shape[1])]}
+def mask_to_rle(mask: np.ndarray) -> Dict[str, object]:
+    """COCO's compressed RLE of a bool HxW mask (pycocotools' encoder; counts as a str, so it is JSON)."""
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {'counts': rle['counts'].decode('ascii'), 'size': [int(v) for v in rle['size']]}
 
 
 def _bbox_xywh(mask: np.ndarray) -> List[float]:

@@ -24,9 +24,10 @@ def test_mask_to_rle_decodes_back_with_pycocotools(seed):
         mask = rng.random(shape) > 0.5
         mask[0, 0] = bool(seed)  # runs that start with a set pixel and with a clear one
         rle = mask_to_rle(mask)
-        assert sum(rle['counts']) == mask.size and rle['size'] == list(shape)
-        decoded = mask_utils.decode(mask_utils.frPyObjects(rle, *shape))
+        assert isinstance(rle['counts'], str) and rle['size'] == list(shape)
+        decoded = mask_utils.decode(dict(rle, counts=rle['counts'].encode('ascii')))
         np.testing.assert_array_equal(decoded.astype(bool), mask)
+        assert mask_utils.area(dict(rle, counts=rle['counts'].encode('ascii'))) == mask.sum()
 
 
 def test_objects_are_apart_and_inside():
