@@ -38,7 +38,10 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
+    import mmkat  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmkat.models import KAT  # noqa: E402
 from mmkat.models.layers import GroupRational  # noqa: E402
 from mmkat.ops import extension_info  # noqa: E402

@@ -19,7 +19,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
+    import mmkat  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VARIANTS = {'kat': dict(mlp='kan'), 'gelu': dict(mlp='gelu', rational=None)}
 

@@ -24,7 +24,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
+    import mmkat  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmkat.ops import extension_info, get_preset  # noqa: E402
 from mmkat.ops.rational import _reference_backward, group_rational_reference  # noqa: E402

@@ -15,7 +15,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
+    import mmkat  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmkat.models.checkpoint import TASKS, load_state_dict_file, to_openmmlab_checkpoint  # noqa: E402
 
 

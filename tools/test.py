@@ -14,6 +14,11 @@ import os
 import os.path as osp
 import sys
 
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
+    import mmkat  # noqa: F401
+except ImportError:
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
 PROG = 'tools/test.py'
 
 
@@ -58,14 +63,6 @@ def parse_args(argv=None):
     return args
 
 
-def _import_mmkat():
-    try:
-        import mmkat  # noqa: F401  (registers KAT and its layers)
-    except ImportError:
-        sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-        import mmkat  # noqa: F401
-
-
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.config):
@@ -92,27 +89,10 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
-    _import_mmkat()
-    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, data_errors_named,
-                              missing_data, setup_cpu_distributed, take_compile_option)
-    clash = config_copy_clash(cfg.work_dir, args.config)
-    if clash:
-        fail(clash)
-    missing = missing_data(cfg, ('test_dataloader', ))
-    if missing:
-        fail('the data this config tests on is not there:\n  ' + '\n  '.join(missing))
-    allow_mmengine_checkpoints()  # training checkpoints of mmengine load with weights_only=True
-
     from mmengine.evaluator import DumpResults
-    from mmengine.registry import RUNNERS, init_default_scope
 
-    if cfg.get('default_scope'):
-        init_default_scope(cfg.default_scope)  # look runner_type up in the config's scope
-    compile_kwargs = take_compile_option(cfg)  # see mmkat.engine.compile
-    setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
-    runner = RUNNERS.build(cfg)  # the config's runner_type (default Runner), through its from_cfg
-    if compile_kwargs is not None:
-        compile_kat_modules(runner.model, compile_kwargs)
+    from mmkat.engine import data_errors_named, prepare_runner
+    runner = prepare_runner(cfg, args.config, ('test_dataloader', ), 'tests on', fail)
 
     if '://' not in args.checkpoint:  # a local file: does it fill the model? (mmengine only logs misses)
         from mmkat.engine.checkpoint_fit import checkpoint_fit

@@ -17,6 +17,11 @@ import os
 import os.path as osp
 import sys
 
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
+    import mmkat  # noqa: F401
+except ImportError:
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
 PROG = 'tools/train.py'
 
 
@@ -215,22 +220,10 @@ def _accelerator_available():
     return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
 
 
-def _import_mmkat():
-    try:
-        import mmkat  # noqa: F401  (registers KAT and its layers)
-    except ImportError:
-        sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-        import mmkat  # noqa: F401
-
-
 def build_runner(cfg):
-    """Build the runner the config asks for (``runner_type``, default ``Runner``) via its ``from_cfg``."""
-    from mmengine.registry import RUNNERS, init_default_scope
-
-    if cfg.get('default_scope'):
-        # look runner_type up in the config's scope (e.g. a runner registered in mmdet.registry.RUNNERS)
-        init_default_scope(cfg.default_scope)
-    return RUNNERS.build(cfg)  # calls <runner class>.from_cfg(cfg)
+    """The config's runner (see mmkat.engine.launch)."""
+    from mmkat.engine import build_runner as build
+    return build(cfg)
 
 
 def main(argv=None):
@@ -242,31 +235,16 @@ def main(argv=None):
 
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
-    _import_mmkat()
-    from mmkat.engine import (allow_mmengine_checkpoints, compile_kat_modules, config_copy_clash, data_errors_named,
-                              missing_data, setup_cpu_distributed, take_compile_option)
-    clash = config_copy_clash(cfg.work_dir, args.config)
-    if clash:
-        fail(clash)
+    from mmkat.engine import data_errors_named, prepare_runner
     guard_work_dir(cfg, args)
     resolve_resume(cfg, args)
     use_safe_checkpoint_hook(cfg)
     if args.amp and not _accelerator_available():
         fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
              'to train on the CPU. Drop --amp to train in fp32.')
-
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
-    missing = missing_data(cfg, loaders)
-    if missing:
-        fail('the data this config trains on is not there:\n  ' + '\n  '.join(missing))
-    allow_mmengine_checkpoints()  # resuming reads mmengine's own checkpoints with weights_only=True
-
-    compile_kwargs = take_compile_option(cfg)  # mmengine's compile=True cannot trace its optimizer step
-    setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
+    runner = prepare_runner(cfg, args.config, loaders, 'trains on', fail)
     with data_errors_named(cfg, fail):
-        runner = build_runner(cfg)
-        if compile_kwargs is not None:
-            compile_kat_modules(runner.model, compile_kwargs)
         runner.train()
 
 

@@ -19,9 +19,9 @@ from typing import List, Mapping, Sequence, Tuple
 import numpy as np
 import torch
 
-try:
+try:  # the installed mmkat, else the one of the checkout this tool belongs to
     import mmkat  # noqa: F401
-except ImportError:  # running from a checkout that is not installed
+except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmkat.models.checkpoint import CheckpointError, read_state_dict  # noqa: E402
