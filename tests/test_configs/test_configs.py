@@ -25,6 +25,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from tests.conftest import needs
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -270,6 +271,7 @@ def test_import_mmkat_alone_imports_no_downstream_package():
     assert proc.stdout.strip().endswith('clean')
 
 
+@needs('mmpretrain')
 def test_demo_dataset_resolves_through_mmpretrain():
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
@@ -496,6 +498,13 @@ def _start_runs_early(request):
         request.getfixturevalue('runs')
 
 
+def assert_is_a_count_of(value, images):
+    """A top-1 over ``images`` validation images is k / images for a whole k: a metric averaged wrongly
+    (over batches of unequal size, or over the training set) is not."""
+    k = value * images / 100.0
+    assert abs(k - round(k)) < 1e-3 and 0 <= round(k) <= images, (value, images)
+
+
 def accuracy(log, mode):
     """The top-1 accuracy that the last Epoch(<mode>) line of the log reports."""
     found = re.findall(rf'Epoch\({mode}\).*?accuracy/top1: ([0-9.]+)', log)
@@ -509,7 +518,7 @@ def test_demo_config_trains_validates_and_saves(runs):
     assert rc == 0, log[-3000:]
     assert 'Epoch(train) [1][2/2]' in log  # 8 classes x 16 images, batch 64
     assert 'Epoch(val) [1][1/1]' in log and 'accuracy/top1' in log
-    assert 0.0 <= accuracy(log, 'val') <= 100.0
+    assert_is_a_count_of(accuracy(log, 'val'), 64)  # the 64 validation images
     checkpoint = runs.work['demo'] / 'epoch_1.pth'
     assert checkpoint.is_file()
     state = torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict']
@@ -564,7 +573,7 @@ def test_fashion_mnist_config_trains_on_idx_files(runs):
     assert rc == 0, log[-3000:]
     assert 'Epoch(train) [1][4/4]' in log  # 64 training images, batch 16
     assert 'Epoch(val) [1][2/2]' in log  # the 32 t10k images, not the 64 training ones
-    assert 0.0 <= accuracy(log, 'val') <= 100.0
+    assert_is_a_count_of(accuracy(log, 'val'), 32)
     checkpoint = torch.load(runs.work['fmnist'] / 'epoch_1.pth', map_location='cpu', weights_only=False)
     state = checkpoint['state_dict']
     assert state['backbone.patch_embed.proj.weight'].shape == (32, 1, 4, 4)  # the tiny override, grey input

@@ -5,6 +5,9 @@ import os.path as osp
 
 import pytest
 import torch
+from tests.conftest import needs
+
+pytestmark = needs('mmdet')
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'kat', 'mask_rcnn_kat_*.py')))

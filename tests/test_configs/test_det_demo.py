@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from tests.conftest import needs
+
+pytestmark = needs('mmdet', 'pycocotools')
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'kat', 'demo', 'mask_rcnn_kat_demo.py')

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from tests.test_configs.test_det_demo import data_options, run
+from tests.conftest import needs
+
+pytestmark = needs('mmseg')
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SEG_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'kat', 'upernet_kat_*.py')))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mmkat.datasets.scenes import SCENE_CLASSES, draw_scene, make_scenes, mask_to_rle
+from tests.conftest import needs
 
 
 @pytest.fixture(scope='module')
@@ -16,6 +17,7 @@ def scenes(tmp_path_factory):
     return root, counts
 
 
+@needs('pycocotools')
 @pytest.mark.parametrize('seed', [0, 1])
 def test_mask_to_rle_decodes_back_with_pycocotools(seed):
     from pycocotools import mask as mask_utils
@@ -43,6 +45,7 @@ def test_objects_are_apart_and_inside():
         assert union.max() == 1  # no two objects share a pixel
 
 
+@needs('pycocotools')
 def test_layout_and_annotations_agree_with_label_maps(scenes):
     from PIL import Image
     from pycocotools.coco import COCO
@@ -92,6 +95,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
         make_scenes(str(tmp_path / 'x'), **kwargs)
 
 
+@needs('mmdet')
 def test_mmdet_coco_dataset_reads_the_set(scenes):
     import mmkat  # noqa: F401
     from mmdet.datasets import CocoDataset

@@ -10,6 +10,7 @@ from torch import nn
 import mmkat.engine.optimizers.layer_decay as layer_decay
 from mmkat.engine import KATLayerDecayOptimWrapperConstructor
 from mmkat.models import KAT
+from tests.conftest import needs
 
 LR, WD, RATE = 1e-4, 0.1, 0.7
 NUM_LAYERS = 3  # KAT depths: 0 (embeddings), 1..3 (blocks), 4 (final norm + everything outside): N = 5
@@ -136,6 +137,7 @@ def test_frozen_parameters_are_skipped_and_the_summary_is_logged(monkeypatch):
     assert 'lr scale 0.49' in lines[1] and '16 tensors' in lines[1]
 
 
+@needs('mmdet')
 def test_builds_in_mmdet_scope_and_through_build_optim_wrapper():
     from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_CONSTRUCTORS
     from mmengine.optim import build_optim_wrapper

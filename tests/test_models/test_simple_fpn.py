@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mmkat.models import KAT, KATSimpleFPN
 from mmkat.models.necks import LayerNorm2d
+from tests.conftest import needs
 
 C = 64
 
@@ -159,6 +160,7 @@ def test_bad_inputs():
         neck((torch.randn(1, 64, 1, 5),))
 
 
+@needs('mmdet')
 def test_builds_in_mmdet_scope():
     import mmkat  # noqa: F401  (registers KATSimpleFPN on mmengine's root registry)
     from mmdet.registry import MODELS

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.test_models.test_kat import SMALL, released_forward, released_like_state_dict
+from tests.conftest import needs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, 'tools', 'convert_checkpoint.py')
@@ -27,6 +28,7 @@ def classifier():
         head=dict(type='LinearClsHead', num_classes=10, in_channels=32)))
 
 
+@needs('mmpretrain')
 def test_cls_checkpoint_loads_strictly_into_mmpretrain_and_gives_the_released_logits(tmp_path):
     sd = released_like_state_dict()
     src, dst = tmp_path / 'kat_tiny_patch16_224.pth', tmp_path / 'out' / 'kat_cls.pth'

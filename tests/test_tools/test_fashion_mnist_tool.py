@@ -10,6 +10,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from tests.conftest import needs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, 'tools', 'data', 'fashion_mnist.py')
@@ -84,6 +85,7 @@ def test_outputs_are_the_decompressed_files(prepared):
     test = np.bincount(prepared['arrays']['test'][1], minlength=10)
     assert rows == {**{str(c): (train[c], test[c]) for c in range(10)}, 'total': (20, 10)}
 
+@needs('mmpretrain')
 def test_mmpretrain_fashion_mnist_reads_the_output(prepared):
     from mmpretrain.datasets import FashionMNIST
 
