@@ -19,7 +19,6 @@ model = dict(
         patch_size=16,
         out_type='cls_token',
         drop_path_rate=0.1,
-        rational=dict(groups=8, act1_init='identity', act2_init='swish', impl='auto'),
         init_mode='released'),
     neck=None,
     head=dict(

@@ -43,7 +43,6 @@ model = dict(
         _delete_=True,
         type='KATSimpleFPN',
         backbone_channel=embed_dims,
-        in_channels=[embed_dims // 4, embed_dims // 2, embed_dims, embed_dims],
         out_channels=256,
         num_outs=5,
         norm='LN'),

@@ -6,5 +6,5 @@ pretrained = 'checkpoints/kat_small_patch16_224.pth'
 embed_dims = 384
 model = dict(
     backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(backbone_channel=embed_dims, in_channels=[embed_dims // 4, embed_dims // 2, embed_dims, embed_dims]),
+    neck=dict(backbone_channel=embed_dims),  # the levels' in_channels follow from it
 )

@@ -40,7 +40,6 @@ model = dict(
         _delete_=True,
         type='KATSimpleFPN',
         backbone_channel=embed_dims,
-        in_channels=[embed_dims // 4, embed_dims // 2, embed_dims, embed_dims],
         out_channels=channels,
         num_outs=5,
         # no LayerNorm in the neck here: trained from scratch on 400 images, the LN pyramid kept the RoI head at
