@@ -23,7 +23,7 @@ def small_kat(**kwargs):
 
 
 def released_like_state_dict(dims=32, layers=4, grid=4, classes=10, seed=0, patch=8):
-    """A state dict with exactly the released key names and shapes (kat_facts.md section 4), random values
+    """A state dict with exactly the released key names and shapes (the released checkpoint layout), random values
     (negative ones included) for every tensor."""
     g = torch.Generator().manual_seed(seed)
 
