@@ -3,10 +3,18 @@
 ``import mmkat`` (or ``custom_imports=dict(imports=['mmkat'])`` in an mmengine config) registers mmkat's
 modules on mmengine's root registries, which the mmdet, mmseg and mmpretrain registries fall back to.
 It never imports mmdet, mmseg or mmpretrain.
+
+It also lets torch's default ``weights_only=True`` loading read mmengine's own training checkpoints (the
+inert types their message hub holds, see :func:`mmkat.engine.allow_mmengine_checkpoints`; nothing else is
+allowed, and weights_only is never switched off), so the standard OpenMMLab APIs (``init_model``,
+``DetInferencer``, ``MMSegInferencer``, ``ImageClassificationInferencer``, ...) load mmkat checkpoints once an
+mmkat config has been read.
 """
 from . import datasets, engine, models, ops  # noqa: F401  (registers the modules)
 from .models import KAT, GroupRational
 from .ops import group_rational
 from .version import __version__
+
+engine.allow_mmengine_checkpoints()
 
 __all__ = ['KAT', 'GroupRational', 'group_rational', '__version__']

@@ -583,3 +583,28 @@ def test_fashion_mnist_config_trains_on_idx_files(runs):
     assert state['backbone.patch_embed.proj.weight'].shape == (32, 1, 4, 4)  # the tiny override, grey input
     assert state['backbone.pos_embed'].shape == (1, 1 + 7 * 7, 32)
     assert state['head.fc.weight'].shape == (10, 32)
+
+
+@pytest.mark.slow
+def test_infer_tool_classifies_with_the_trained_checkpoint(runs, tmp_path):
+    """tools/infer.py (mmpretrain's ImageClassificationInferencer) on the demo's checkpoint: the mmengine
+    training checkpoint loads with torch's weights_only default once mmkat is imported."""
+    import json
+
+    from PIL import Image
+
+    from mmkat.datasets import KATDemoShapes
+    rc, log = runs.jobs['demo'].result(0)
+    assert rc == 0, log[-3000:]
+    image = tmp_path / 'shape.png'
+    Image.fromarray(KATDemoShapes(split='val', num_per_class=1).get_data_info(0)['img']).save(image)
+    out = tmp_path / 'infer'
+    result = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'infer.py'), DEMO,
+                             str(runs.work['demo'] / 'epoch_1.pth'), str(image), '--out', str(out), '--device', 'cpu'],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    pred = json.loads((out / 'preds' / 'shape.json').read_text())
+    scores = pred['pred_scores']
+    assert len(scores) == 8 and abs(sum(scores) - 1) < 1e-4
+    assert pred['pred_label'] == max(range(8), key=scores.__getitem__) and pred['pred_class'] in SHAPE_NAMES
+    assert (out / 'vis' / 'shape.png').is_file()

@@ -1,6 +1,7 @@
 """The detection demo end to end on the CPU: tools/data/make_demo_scenes.py draws a small set, tools/train.py trains
 the demo Mask R-CNN one epoch and evaluates bbox + segm mAP (CocoMetric), tools/test.py evaluates the checkpoint,
 and without the data both tools stop with the command that draws it."""
+import json
 import os
 import os.path as osp
 import subprocess
@@ -68,6 +69,20 @@ def test_demo_trains_evaluates_and_tests_on_cpu(tmp_path):
                   'test_dataloader.persistent_workers=False', cwd=tmp_path)
     assert rc == 0, log[-3000:]
     assert 'coco/bbox_mAP:' in log and 'coco/segm_mAP:' in log, log[-3000:]
+
+    # predicting with the checkpoint: mmdet's DetInferencer through tools/infer.py (the mmengine checkpoint
+    # loads with torch's weights_only default once mmkat is imported)
+    image = sorted((data / 'images' / 'val').iterdir())[0]
+    out = tmp_path / 'infer'
+    rc, log = run(osp.join(ROOT, 'tools', 'infer.py'), CONFIG, work / 'epoch_1.pth', image, '--out', out,
+                  '--device', 'cpu', cwd=tmp_path)
+    assert rc == 0, log[-3000:]
+    pred = json.loads((out / 'preds' / (image.stem + '.json')).read_text())
+    assert {'labels', 'scores', 'bboxes'} <= set(pred) and len(pred['labels']) == len(pred['bboxes'])
+    assert (out / 'vis' / image.name).is_file()
+    rc, log = run(osp.join(ROOT, 'tools', 'infer.py'), CONFIG, work / 'epoch_1.pth', image, '--out', out,
+                  cwd=tmp_path)
+    assert rc == 1 and 'already holds files' in log  # an earlier output is kept
 
 
 def test_without_the_data_the_tools_say_how_to_draw_it(tmp_path):

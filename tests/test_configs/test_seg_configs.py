@@ -222,6 +222,15 @@ def test_demo_trains_evaluates_and_tests_on_cpu(tmp_path):
                   'model.test_cfg.crop_size=(192,192)', 'model.test_cfg.stride=(128,128)', cwd=tmp_path)
     assert rc == 0, log[-3000:]
     assert 'mIoU:' in log, log[-3000:]
+    # predicting with the checkpoint: mmseg's MMSegInferencer through tools/infer.py
+    image = sorted((data / 'images' / 'val').iterdir())[0]
+    out = tmp_path / 'infer'
+    rc, log = run(osp.join(ROOT, 'tools', 'infer.py'), DEMO, work / 'iter_4.pth', image, '--out', out,
+                  '--device', 'cpu', cwd=tmp_path)
+    assert rc == 0, log[-3000:]
+    pred = json.loads((out / 'preds' / (image.stem + '.json')).read_text())
+    assert pred['classes'][0] == 'background' and pred['label_map'] and osp.isfile(pred['label_map'])
+    assert (out / 'vis' / image.name).is_file()
 
 
 def test_without_the_data_the_tools_say_how_to_draw_it(tmp_path):
