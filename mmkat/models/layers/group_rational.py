@@ -55,6 +55,15 @@ class GroupRational(nn.Module):
         self._init_values = (numerator, denominator)
         self.reset_parameters()
 
+    def use_impl(self, impl: str) -> 'GroupRational':
+        """Switch the implementation (e.g. to 'reference' for ONNX export, whose graph has no mmkat op)."""
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f'GroupRational: impl must be one of {IMPLEMENTATIONS}, got {impl!r}')
+        self.impl = impl
+        self._impl = _rational._resolve_impl(impl)
+        self._op_devices = frozenset() if self._impl == 'reference' else _rational.compiled_devices()
+        return self
+
     def reset_parameters(self) -> None:
         numerator, denominator = self._init_values
         with torch.no_grad():
