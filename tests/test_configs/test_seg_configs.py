@@ -123,6 +123,17 @@ def test_upernet_with_a_tiny_kat_runs_loss_predict_and_slide_inference_on_cpu():
     assert pred.min() >= 0 and pred.max() < 150
 
 
+def assert_a_training_step_reaches_kat(cfg):
+    """Build the segmentor of ``cfg`` at 64 px, run a loss on a random batch and back-propagate it."""
+    cfg.model.data_preprocessor.size = (64, 64)
+    model = build_segmentor(cfg)
+    model.train()
+    data = model.data_preprocessor(seg_batch(64, 64, 150), training=True)
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.blocks[3].mlp.fc2.weight.grad.abs().sum() > 0
+
+
 def test_kat_drops_into_an_mmseg_packaged_segformer_config(tmp_path):
     """The README's lines on top of mmseg's own SegFormer config (an all-MLP head, no UperNet)."""
     from mmengine.config import Config
@@ -133,13 +144,7 @@ def test_kat_drops_into_an_mmseg_packaged_segformer_config(tmp_path):
     cfg.model.backbone.update(arch=TINY, img_size=64, out_indices=(0, 1, 2, 3))
     cfg.model.neck.update(in_channels=[32] * 4, out_channels=32)
     cfg.model.decode_head.update(in_channels=[32] * 4, channels=16)
-    cfg.model.data_preprocessor.size = (64, 64)
-    model = build_segmentor(cfg)
-    model.train()
-    data = model.data_preprocessor(seg_batch(64, 64, 150), training=True)
-    loss, _ = model.parse_losses(model(**data, mode='loss'))
-    loss.backward()
-    assert torch.isfinite(loss) and model.backbone.blocks[3].mlp.fc2.weight.grad.abs().sum() > 0
+    assert_a_training_step_reaches_kat(cfg)
 
 
 SINGLE_INPUT_CONFIG = '''
@@ -163,13 +168,7 @@ def test_kat_drops_into_a_single_input_head_config(tmp_path):
     assert cfg.model.decode_head.type == 'ASPPHead' and cfg.model.backbone.type == 'KAT'
     cfg.model.backbone.update(arch=TINY, img_size=64)
     cfg.model.decode_head.update(in_channels=32, channels=16)
-    cfg.model.data_preprocessor.size = (64, 64)
-    model = build_segmentor(cfg)
-    model.train()
-    data = model.data_preprocessor(seg_batch(64, 64, 150), training=True)
-    loss, _ = model.parse_losses(model(**data, mode='loss'))
-    loss.backward()
-    assert torch.isfinite(loss) and model.backbone.blocks[3].mlp.fc2.weight.grad.abs().sum() > 0
+    assert_a_training_step_reaches_kat(cfg)
 
 
 def test_seg_optim_wrapper_applies_layer_decay():
