@@ -63,11 +63,6 @@ constexpr int64_t kTile = 256;  // half-precision inputs are converted to the ma
 // through a small buffer in the math type so that the arithmetic loop vectorises. The vectorised loop takes
 // the direct form and the largest |x|; where that passes kFarThreshold (huge or infinite inputs, rare), the
 // elements beyond it are evaluated again in the divided-through form.
-template <typename T>
-MMKAT_INLINE T abs_of(T v) {
-  return v < T(0) ? -v : v;
-}
-
 template <typename scalar_t, typename T>
 MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, const T* a, const T* b) {
   const T bound = static_cast<T>(kFarThreshold);
@@ -75,13 +70,13 @@ MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, con
     T top = 0;
 #pragma omp simd reduction(max : top)
     for (int64_t k = 0; k < d; ++k) {
-      const T ax = abs_of(x[k]);
+      const T ax = magnitude(x[k]);
       y[k] = rational_forward_direct<T>(x[k], ax, a, b);
       top = std::max(top, ax);
     }
     if (!(top <= bound)) {
       for (int64_t k = 0; k < d; ++k) {
-        if (abs_of(x[k]) > bound) y[k] = rational_forward_far<T>(x[k], a, b);
+        if (magnitude(x[k]) > bound) y[k] = rational_forward_far<T>(x[k], a, b);
       }
     }
   } else {
@@ -92,14 +87,14 @@ MMKAT_INLINE void forward_segment(const scalar_t* x, scalar_t* y, int64_t d, con
       T top = 0;
 #pragma omp simd reduction(max : top)
       for (int64_t i = 0; i < n; ++i) {
-        const T ax = abs_of(buf[i]);
+        const T ax = magnitude(buf[i]);
         top = std::max(top, ax);
         buf[i] = rational_forward_direct<T>(buf[i], ax, a, b);
       }
       if (!(top <= bound)) {
         for (int64_t i = 0; i < n; ++i) {
           const T xi = static_cast<T>(x[t0 + i]);
-          if (abs_of(xi) > bound) buf[i] = rational_forward_far<T>(xi, a, b);
+          if (magnitude(xi) > bound) buf[i] = rational_forward_far<T>(xi, a, b);
         }
       }
       for (int64_t i = 0; i < n; ++i) y[t0 + i] = static_cast<scalar_t>(buf[i]);
@@ -119,13 +114,13 @@ MMKAT_INLINE T backward_math(const T* x, const T* dy, T* dx, int64_t n, const T*
 #pragma omp simd
     for (int l = 0; l < kLanes; ++l) {
       const T xv = x[k + l];  // read before dx is written: dx may alias x
-      top[l] = std::max(top[l], abs_of(xv));
+      top[l] = std::max(top[l], magnitude(xv));
       dx[k + l] = rational_backward_direct<T, kLanes>(xv, dy[k + l], a, b, &acc[0][l]);
     }
   }
   for (; k < n; ++k) {
     const T xv = x[k];
-    top[0] = std::max(top[0], abs_of(xv));
+    top[0] = std::max(top[0], magnitude(xv));
     dx[k] = rational_backward_direct<T, kLanes>(xv, dy[k], a, b, &acc[0][0]);
   }
   T most = top[0];
@@ -141,7 +136,7 @@ MMKAT_INLINE void backward_redo(const T* x, const T* dy, scalar_t* dx, int64_t n
   const T bound = static_cast<T>(kFarThreshold);
   for (int64_t k = 0; k < n; ++k) {
     T share[kCoeffGrads] = {};
-    if (abs_of(x[k]) > bound) {
+    if (magnitude(x[k]) > bound) {
       dx[k] = static_cast<scalar_t>(rational_backward_far<T, 1>(x[k], dy[k], a, b, share));
     } else {
       rational_backward_direct<T, 1>(x[k], dy[k], a, b, share);

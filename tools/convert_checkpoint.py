@@ -36,7 +36,7 @@ def main(argv=None):
     if os.path.exists(args.dst) and not args.force:
         parser.error(f'{args.dst} exists; not overwriting it (pass --force to replace it)')
     try:
-        checkpoint = load_state_dict_file(args.src, allow_mmengine=True)  # an mmengine training checkpoint too
+        checkpoint = load_state_dict_file(args.src)  # an mmengine training checkpoint too
         converted = to_openmmlab_checkpoint(checkpoint, args.task, args.prefer_ema, source=os.path.basename(args.src))
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         parser.exit(1, f'tools/convert_checkpoint.py: error: {err}\n')

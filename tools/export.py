@@ -42,23 +42,27 @@ def parse_args(argv=None):
 
 def build(cfg, checkpoint, backbone_only):
     import torch
-    from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
+    from mmengine.registry import MODELS, init_default_scope
 
-    from mmkat.engine.checkpoint_fit import checkpoint_fit
+    from mmkat.engine.checkpoint_fit import checkpoint_fit, read_state_dict
     from mmkat.models import KAT, GroupRational
 
     if cfg.get('default_scope'):
         init_default_scope(cfg.default_scope)
-    from mmengine.registry import MODELS
     model = MODELS.build(cfg.model)
-    problems = checkpoint_fit(model, checkpoint).problems()
+    try:
+        state = read_state_dict(checkpoint)  # as mmengine's loader sees the file, read once
+    except ValueError as e:
+        fail(str(e))
+    problems = checkpoint_fit(model, state).problems()
     if problems:  # an export of a half-loaded model would not be the checkpoint's
         fail(f'{checkpoint} does not fit the model of the config:\n  ' + '\n  '.join(problems))
-    load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    model.load_state_dict(state, strict=False)  # every parameter is in it (checked above)
     backbone = getattr(model, 'backbone', model)
     if not isinstance(backbone, KAT):
         fail(f'the config builds a {type(backbone).__name__} backbone, not a KAT')
+    if not backbone_only and not hasattr(model, 'head'):
+        fail(f'{type(model).__name__} is not a classifier; pass --backbone to export its backbone')
     for module in model.modules():
         if isinstance(module, GroupRational):
             module.use_impl('reference')  # plain ONNX operators instead of the mmkat op
@@ -73,8 +77,6 @@ def build(cfg, checkpoint, backbone_only):
         def forward(self, images):
             if backbone_only:
                 return self.model.backbone(images)[-1]
-            if not hasattr(self.model, 'head'):
-                fail(f'{type(self.model).__name__} is not a classifier; pass --backbone to export its backbone')
             return self.model(images, mode='tensor')
 
     return Exported().eval(), backbone

@@ -6,7 +6,7 @@ that does not belong to the model (another architecture, a backbone-only state d
 reads the file as mmengine will (``state_dict`` entry or the whole dict, ``module.`` prefixes dropped) and
 lists what the model would be left without.
 """
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Union
 
 import torch
 
@@ -48,12 +48,13 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
 
 
-def checkpoint_fit(model: torch.nn.Module, path: str) -> CheckpointFit:
-    """Compare the tensors of ``path`` with ``model``'s state dict (a model wrapper is looked through)."""
+def checkpoint_fit(model: torch.nn.Module, checkpoint: Union[str, Dict[str, torch.Tensor]]) -> CheckpointFit:
+    """Compare the tensors of ``checkpoint`` (a file, or a state dict :func:`read_state_dict` returned) with
+    ``model``'s state dict (a model wrapper is looked through)."""
     from mmengine.model import is_model_wrapper
     if is_model_wrapper(model):
         model = model.module
-    state = read_state_dict(path)
+    state = read_state_dict(checkpoint) if isinstance(checkpoint, str) else checkpoint
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
     missing, mismatched, non_finite = [], [], []

@@ -120,11 +120,7 @@ def _json_files(cfg) -> List[str]:
                 ann = dataset.get('ann_file') or ''
                 if ann:
                     paths.append(osp.join(dataset.get('data_root') or '', ann))
-    for evaluator in ('val_evaluator', 'test_evaluator'):
-        items = cfg.get(evaluator) or []
-        for item in items if isinstance(items, (list, tuple)) else [items]:
-            if isinstance(item, dict) and item.get('ann_file'):
-                paths.append(item['ann_file'])
+        paths += [m['ann_file'] for _, m in _evaluators(cfg, loader) if isinstance(m.get('ann_file'), str)]
     return [p for p in dict.fromkeys(paths) if p.endswith('.json') and '://' not in p and osp.isfile(p)]
 
 

@@ -2,7 +2,6 @@
 file or data, then build the runner (the config's ``runner_type``, default ``Runner``) ready to run."""
 from typing import Callable, Sequence
 
-from .checkpoint import allow_mmengine_checkpoints
 from .compile import compile_kat_modules, take_compile_option
 from .data_check import config_copy_clash, data_errors_named, missing_data
 from .dist import setup_cpu_distributed
@@ -20,8 +19,9 @@ def build_runner(cfg):
 
 def prepare_runner(cfg, config_path: str, loaders: Sequence[str], purpose: str, fail: Callable[[str], None]):
     """Check and build: the config copy must not overwrite ``config_path``, the data of ``loaders`` must be
-    there (``purpose`` words the message, e.g. 'trains on'), mmengine checkpoints load with weights_only, a
-    ``compile`` entry compiles the KAT modules in place, torchrun without a GPU uses gloo. ``fail`` reports
+    there (``purpose`` words the message, e.g. 'trains on'), a ``compile`` entry compiles the KAT modules in
+    place, torchrun without a GPU uses gloo. (mmengine's checkpoints load with weights_only through the
+    allowlist ``import mmkat`` registers.) ``fail`` reports
     a refusal (and does not return)."""
     clash = config_copy_clash(cfg.work_dir, config_path)
     if clash:
@@ -29,7 +29,6 @@ def prepare_runner(cfg, config_path: str, loaders: Sequence[str], purpose: str, 
     missing = missing_data(cfg, loaders)
     if missing:
         fail(f'the data this config {purpose} is not there:\n  ' + '\n  '.join(missing))
-    allow_mmengine_checkpoints()  # resuming and testing read mmengine's own checkpoints with weights_only=True
     compile_kwargs = take_compile_option(cfg)  # mmengine's compile=True cannot trace its optimizer step
     setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
     with data_errors_named(cfg, fail):  # building a dataset may read its annotation file

@@ -3,8 +3,8 @@
 Released KAT and timm files are plain fp32 state dicts in timm's ViT layout, possibly wrapped under 'model',
 'state_dict' or 'state_dict_ema'; OpenMMLab model checkpoints (mmengine) hold 'state_dict' (and, for training
 checkpoints, 'message_hub', 'meta' and optimizer states) and prefix the backbone with 'backbone.'. Every file
-is read with ``torch.load(weights_only=True)``; mmengine's training-checkpoint types are allow-listed only
-when asked for (``allow_mmengine=True``, see :func:`mmkat.engine.allow_mmengine_checkpoints`).
+is read with ``torch.load(weights_only=True)``; the inert types of mmengine's training checkpoints are on
+torch's allowlist from ``import mmkat`` on (see :func:`mmkat.engine.allow_mmengine_checkpoints`).
 
 Errors: a missing file raises FileNotFoundError, a file that cannot be read as tensors RuntimeError, a
 checkpoint without the expected content :class:`CheckpointError` (a ValueError); every message names the
@@ -27,32 +27,21 @@ class CheckpointError(ValueError):
     """A checkpoint without the content that was expected of it."""
 
 
-def load_state_dict_file(path: str, map_location='cpu', allow_mmengine: bool = False):
-    """Load a checkpoint file as tensors only (``weights_only=True``).
-
-    ``allow_mmengine=True`` also accepts mmengine training checkpoints: when the weights-only unpickler
-    refuses the file, mmengine's types are allow-listed and the file is read again. Raises
-    FileNotFoundError for a missing file and RuntimeError, naming the file, for one that cannot be read.
-    """
+def load_state_dict_file(path: str, map_location='cpu'):
+    """Load a checkpoint file as tensors only (``weights_only=True``; mmengine's training checkpoints load
+    too, through the allowlist ``import mmkat`` registers). Raises FileNotFoundError for a missing file and
+    RuntimeError, naming the file, for one that cannot be read."""
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path!r} (expected a .pth file of a released KAT, '
                                 'a timm ViT or an mmkat / OpenMMLab model)')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch raises UnpicklingError and friends)
-        first = err
-    if allow_mmengine:
-        from mmkat.engine.checkpoint import allow_mmengine_checkpoints
-        allow_mmengine_checkpoints()
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            first = err
-    hint = ('' if allow_mmengine else ' Released KAT and timm files hold tensors only; a training checkpoint '
-            'written by mmengine should be given to `tools/train.py --resume` or converted by '
-            '`tools/convert_checkpoint.py`.')
-    raise RuntimeError(f'could not load {path} as a weights-only checkpoint ({type(first).__name__}: '
-                       f'{str(first).strip().splitlines()[0] if str(first).strip() else ""}).{hint}') from first
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise RuntimeError(
+            f'could not load {path} as a weights-only checkpoint ({type(err).__name__}: {reason}). Released KAT '
+            "and timm files hold tensors only, and mmengine's checkpoints only the types "
+            'mmkat.engine.allow_mmengine_checkpoints() allows; this file holds something else.') from err
 
 
 def unwrap_state_dict(checkpoint: Mapping, prefer_ema: bool = False, wrappers: Tuple[str, ...] = WRAPPER_KEYS,
@@ -93,7 +82,7 @@ def describe_source(checkpoint: Mapping, source: str, prefer_ema: bool = False) 
 def read_state_dict(path: str, map_location='cpu', prefer_ema: bool = False, wrappers: Tuple[str, ...] = WRAPPER_KEYS,
                     allow_empty: bool = False) -> Tuple[Dict[str, torch.Tensor], str]:
     """Read ``path`` (mmengine checkpoints allowed) and return its state dict and where it was found."""
-    checkpoint = load_state_dict_file(path, map_location=map_location, allow_mmengine=True)
+    checkpoint = load_state_dict_file(path, map_location=map_location)
     try:
         state_dict, source = unwrap_state_dict(checkpoint, prefer_ema, wrappers, allow_empty)
     except CheckpointError as e:

@@ -354,8 +354,9 @@ class KAT(BaseModule):
         if (dims is None or dims == self.embed_dims) and depth <= self.num_layers:
             return
 
+        sizes = {(self.arch_zoo[n]['embed_dims'], self.arch_zoo[n]['num_layers']): n for n in ('tiny', 'small', 'base')}
+
         def name(d, n):
-            sizes = {(192, 12): 'tiny', (384, 12): 'small', (768, 12): 'base'}
             return f"{sizes[(d, n)]} ({d}-dim, {n} blocks)" if (d, n) in sizes else f'{d}-dim, {n} blocks'
 
         raise ValueError(f'KAT: {source} is a {name(dims or self.embed_dims, depth)} checkpoint, but this '
