@@ -103,6 +103,10 @@ def main(argv=None):
     for path, what in [(args.config, 'config'), (args.checkpoint, 'checkpoint')] + [(i, 'image') for i in args.images]:
         if not osp.isfile(path):
             fail(f'{what} not found: {path}')
+    stems = [osp.splitext(osp.basename(i))[0] for i in args.images]
+    twins = sorted({s for s in stems if stems.count(s) > 1})
+    if twins:  # their pictures and predictions would overwrite each other under --out
+        fail(f'several images share the name {", ".join(twins)}: give each image its own file name')
     if osp.isdir(args.out) and os.listdir(args.out) and not args.force:
         fail(f'--out: {args.out} already holds files; pass --force to write into it, or name another folder')
 
