@@ -1,69 +1,218 @@
-"""Table of classification runs from their mmengine logs (vis_data/scalars.json): top-1 per epoch side by side,
-then epochs done, best and last top-1, median step time. Prints Markdown and writes JSON.
+"""Table (and plot) of repeated classification runs from their mmengine logs.
 
-    python tools/summarize_cls_runs.py KAT-T=run/kat_scalars.json ViT-T=run/vit_scalars.json --out table.json
+Each argument names one row and its runs: ``NAME=RUN[,RUN...]``, where a RUN is a work dir of
+``tools/train.py`` (its newest ``*/vis_data/scalars.json`` is read, with ``wall.txt`` from
+``benchmarks/fmnist_seeds.sh`` and the dumped config when present) or a ``scalars.json`` file; shell
+patterns are expanded. Per row: how many runs, how many completed their schedule (validated at the
+config's last epoch), mean +/- sample std over runs of the final and of the best top-1, mean wall time
+and median step time. Prints Markdown; ``--out`` writes JSON with every run's per-epoch top-1, ``--plot``
+a PNG of the per-epoch curves (the mean over runs, with the range of the runs shaded).
+
+    python tools/summarize_cls_runs.py 'KAT-T=work/kat_t_fmnist_seed*' 'ViT-T=work/vit_t_fmnist_seed*' \\
+        --out table.json --plot curves.png [--require-complete] [--per-epoch]
 """
 import argparse
+import glob
 import json
 import os
+import re
 import statistics
 import sys
+from typing import Dict, List, Optional
 
 
-def read_run(path: str) -> dict:
-    if not os.path.isfile(path):
-        sys.exit(f'summarize_cls_runs: no such file: {path} (expected an mmengine vis_data/scalars.json)')
+def fail(message: str):
+    sys.exit(f'summarize_cls_runs: {message}')
+
+
+def read_scalars(path: str) -> dict:
     top1, step_times, data_times = {}, [], []
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                fail(f'{path}:{number} is not JSON ({e}); expected an mmengine vis_data/scalars.json')
             if 'accuracy/top1' in entry:
                 top1[int(entry['step'])] = float(entry['accuracy/top1'])
             elif 'time' in entry and 'loss' in entry:
                 step_times.append(float(entry['time']))
                 data_times.append(float(entry.get('data_time', 0.0)))
     if not top1:
-        sys.exit(f'summarize_cls_runs: {path} holds no accuracy/top1 entries (did the run validate?)')
-    return dict(top1=top1, epochs=max(top1), best=max(top1.values()), last=top1[max(top1)],
-                median_step_s=statistics.median(step_times) if step_times else None,
+        fail(f'{path} holds no accuracy/top1 entries (did the run validate?)')
+    return dict(top1=top1, median_step_s=statistics.median(step_times) if step_times else None,
                 median_data_s=statistics.median(data_times) if data_times else None)
+
+
+def _max_epochs(work_dir: str) -> Optional[int]:
+    """train_cfg.max_epochs of the config that mmengine dumped into the work dir, if one is there."""
+    for path in sorted(glob.glob(os.path.join(work_dir, '*.py'))):
+        with open(path) as f:
+            text = f.read()
+        match = re.search(r'train_cfg\s*=\s*dict\((.*?)\)\n', text, re.S)
+        found = re.search(r'max_epochs\s*=\s*(\d+)', match.group(1)) if match else None
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _wall(work_dir: str) -> Optional[dict]:
+    path = os.path.join(work_dir, 'wall.txt')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        fields = dict(item.split('=', 1) for item in f.read().split() if '=' in item)
+    return dict(rc=int(fields['rc']), wall_s=float(fields['wall_s'])) if 'rc' in fields else None
+
+
+def read_run(path: str) -> dict:
+    """One run from its work dir or scalars.json."""
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, '*', 'vis_data', 'scalars.json')))
+        if not found:
+            fail(f'{path} holds no */vis_data/scalars.json (is it a tools/train.py work dir?)')
+        run = read_scalars(found[-1])
+        run.update(path=path, max_epochs=_max_epochs(path), wall=_wall(path))
+    elif os.path.isfile(path):
+        run = read_scalars(path)
+        run.update(path=path, max_epochs=None, wall=None)
+    else:
+        fail(f'no such file or work dir: {path}')
+    run['epochs'] = max(run['top1'])
+    run['last'] = run['top1'][run['epochs']]
+    run['best'] = max(run['top1'].values())
+    wall = run['wall']
+    # None when neither the dumped config nor wall.txt tell (a bare scalars.json)
+    known = [run['epochs'] == run['max_epochs']] if run['max_epochs'] is not None else []
+    known += [wall['rc'] == 0] if wall is not None else []
+    run['complete'] = all(known) if known else None
+    return run
+
+
+def mean_std(values: List[float]) -> Dict[str, float]:
+    return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
+                min=min(values), max=max(values))
+
+
+def summarize(runs: List[dict]) -> dict:
+    walls = [r['wall']['wall_s'] for r in runs if r['wall']]
+    steps = [r['median_step_s'] for r in runs if r['median_step_s'] is not None]
+    unknown = any(r['complete'] is None for r in runs)
+    return dict(runs=len(runs), complete=None if unknown else sum(r['complete'] for r in runs),
+                epochs=sorted({r['epochs'] for r in runs}), last=mean_std([r['last'] for r in runs]),
+                best=mean_std([r['best'] for r in runs]), wall_s=statistics.fmean(walls) if walls else None,
+                median_step_s=statistics.median(steps) if steps else None)
+
+
+def expand(spec: str) -> List[str]:
+    paths = []
+    for part in spec.split(','):
+        if not any(c in part for c in '*?['):
+            paths.append(part)
+            continue
+        # a pattern keeps the work dirs and .json files it matches (not the logs beside them)
+        matched = [p for p in sorted(glob.glob(part)) if os.path.isdir(p) or p.endswith('.json')]
+        if not matched:
+            fail(f'{part!r} matches no work dir or .json file')
+        paths.extend(matched)
+    return paths
+
+
+def plot(rows: Dict[str, List[dict]], path: str, title: str):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (full, tail) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, runs in rows.items():
+        epochs = sorted(set().union(*(r['top1'] for r in runs)))
+        values = [[r['top1'][e] for r in runs if e in r['top1']] for e in epochs]
+        mean = [statistics.fmean(v) for v in values]
+        for ax in (full, tail):
+            line, = ax.plot(epochs, mean, label=f'{name} (n={len(runs)})')
+            ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
+                            color=line.get_color())
+    last = max(max(r['top1']) for runs in rows.values() for r in runs)
+    start = max(1, last - max(5, last // 3))
+    lows = [r['top1'][e] for runs in rows.values() for r in runs for e in r['top1'] if e >= start]
+    tail.set_xlim(start, last)
+    tail.set_ylim(min(lows) - 0.2, max(lows) + 0.2)
+    full.set_title(title)
+    tail.set_title(f'epochs {start}-{last}')
+    for ax in (full, tail):
+        ax.set_xlabel('epoch')
+        ax.set_ylabel('top-1 (%)')
+        ax.grid(alpha=0.3)
+    full.legend(loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('runs', nargs='+', metavar='NAME=SCALARS_JSON')
-    parser.add_argument('--out', help='JSON output (an existing file is kept; refuses to overwrite)')
+    parser.add_argument('rows', nargs='+', metavar='NAME=RUN[,RUN...]',
+                        help='a row: its name and its runs (work dirs or scalars.json files, patterns allowed)')
+    parser.add_argument('--out', help='JSON output (refuses to overwrite an existing file)')
+    parser.add_argument('--plot', help='PNG of the per-epoch top-1 curves (refuses to overwrite)')
+    parser.add_argument('--title', default='top-1 per epoch (mean over runs, range shaded)', help='plot title')
+    parser.add_argument('--per-epoch', action='store_true', help='also print the mean top-1 of every epoch')
+    parser.add_argument('--require-complete', action='store_true',
+                        help='exit with status 1 when a run did not finish its schedule')
     args = parser.parse_args(argv)
-    runs = {}
-    for item in args.runs:
-        name, sep, path = item.partition('=')
-        if not sep or not name or not path:
-            sys.exit(f'summarize_cls_runs: expected NAME=PATH, got {item!r}')
-        runs[name] = read_run(path)
+    for target in (args.out, args.plot):
+        if target and os.path.exists(target):
+            fail(f'{target} exists; not overwriting it (choose another name)')
 
-    names = list(runs)
-    epochs = sorted(set().union(*(r['top1'] for r in runs.values())))
-    print('| epoch | ' + ' | '.join(f'{n} top-1' for n in names) + ' |')
-    print('|---' * (len(names) + 1) + '|')
-    for epoch in epochs:
-        cells = [f"{runs[n]['top1'][epoch]:.2f}" if epoch in runs[n]['top1'] else '-' for n in names]
-        print(f'| {epoch} | ' + ' | '.join(cells) + ' |')
-    print('\n| run | epochs validated | best top-1 | last top-1 | median s/step | median data s/step |')
-    print('|---|---|---|---|---|---|')
-    for name, run in runs.items():
-        step = f"{run['median_step_s']:.3f}" if run['median_step_s'] is not None else '-'
-        data = f"{run['median_data_s']:.3f}" if run['median_data_s'] is not None else '-'
-        print(f"| {name} | {run['epochs']} | {run['best']:.2f} | {run['last']:.2f} | {step} | {data} |")
+    rows = {}
+    for item in args.rows:
+        name, sep, spec = item.partition('=')
+        if not sep or not name or not spec:
+            fail(f'expected NAME=RUN[,RUN...], got {item!r}')
+        if name in rows:
+            fail(f'row name {name!r} given twice')
+        rows[name] = [read_run(path) for path in expand(spec)]
+    summaries = {name: summarize(runs) for name, runs in rows.items()}
+
+    if args.per_epoch:
+        epochs = sorted(set().union(*(r['top1'] for runs in rows.values() for r in runs)))
+        print('| epoch | ' + ' | '.join(f'{n} top-1' for n in rows) + ' |')
+        print('|---' * (len(rows) + 1) + '|')
+        for epoch in epochs:
+            cells = []
+            for runs in rows.values():
+                values = [r['top1'][epoch] for r in runs if epoch in r['top1']]
+                cells.append(f'{statistics.fmean(values):.2f}' if values else '-')
+            print(f'| {epoch} | ' + ' | '.join(cells) + ' |')
+        print()
+    print('| row | runs (complete) | epochs | final top-1 | best top-1 | wall s/run | median s/step |')
+    print('|---|---|---|---|---|---|---|')
+    for name, s in summaries.items():
+        wall = f"{s['wall_s']:.0f}" if s['wall_s'] is not None else '-'
+        step = f"{s['median_step_s']:.3f}" if s['median_step_s'] is not None else '-'
+        epochs = '/'.join(str(e) for e in s['epochs'])
+        complete = '?' if s['complete'] is None else s['complete']
+        print(f"| {name} | {s['runs']} ({complete}) | {epochs} | {s['last']['mean']:.2f} +/- "
+              f"{s['last']['std']:.2f} | {s['best']['mean']:.2f} +/- {s['best']['std']:.2f} | {wall} | {step} |")
+    incomplete = [r['path'] for runs in rows.values() for r in runs if r['complete'] is False]
+    for path in incomplete:
+        print(f'incomplete run (stopped before its last epoch or failed): {path}', file=sys.stderr)
+
     if args.out:
-        if os.path.exists(args.out):
-            sys.exit(f'summarize_cls_runs: {args.out} exists; not overwriting it (choose another --out)')
+        payload = {name: dict(summary=summaries[name],
+                              runs=[dict(r, top1={str(k): v for k, v in r['top1'].items()}) for r in runs])
+                   for name, runs in rows.items()}
         with open(args.out, 'w') as f:
-            json.dump({n: dict(r, top1={str(k): v for k, v in r['top1'].items()}) for n, r in runs.items()}, f,
-                      indent=1)
+            json.dump(payload, f, indent=1)
         print(f'wrote {args.out}')
+    if args.plot:
+        plot(rows, args.plot, args.title)
+        print(f'wrote {args.plot}')
+    if incomplete and args.require_complete:
+        sys.exit(1)
 
 
 if __name__ == '__main__':

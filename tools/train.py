@@ -215,6 +215,31 @@ def use_safe_checkpoint_hook(cfg):
         hook['type'] = 'KATCheckpointHook'
 
 
+def schedule_mismatch(cfg):
+    """A warning when an epoch-based run's learning-rate schedule ends before or after its last epoch (as
+    when ``train_cfg.max_epochs`` is changed on the command line but the schedulers' ``end`` is not), else ''."""
+    train_cfg = cfg.get('train_cfg') or {}
+    max_epochs = train_cfg.get('max_epochs')
+    schedulers = cfg.get('param_scheduler')
+    if not max_epochs or not train_cfg.get('by_epoch', 'max_epochs' in train_cfg) or not schedulers:
+        return ''
+    schedulers = [schedulers] if isinstance(schedulers, dict) else list(schedulers)
+    ends = [(i, s.get('end')) for i, s in enumerate(schedulers)
+            if s.get('by_epoch', True) and isinstance(s.get('end'), (int, float)) and s.get('end') < 10**8]
+    if not ends:
+        return ''
+    last, end = max(ends, key=lambda item: item[1])
+    if end == max_epochs:
+        return ''
+    key = f'param_scheduler.{last}.end' if len(schedulers) > 1 else 'param_scheduler.end'
+    if end < max_epochs:
+        effect = f'the last {max_epochs - end} epoch(s) keep the final learning rate'
+    else:
+        effect = 'the learning rate never reaches the end of its schedule'
+    return (f'the learning-rate schedule ends at epoch {end} but training runs {max_epochs} epochs: {effect}. '
+            f'To fit the schedule to the run, also pass --cfg-options {key}={max_epochs}')
+
+
 def _accelerator_available():
     from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
     return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
@@ -239,6 +264,9 @@ def main(argv=None):
     guard_work_dir(cfg, args)
     resolve_resume(cfg, args)
     use_safe_checkpoint_hook(cfg)
+    warning = schedule_mismatch(cfg)
+    if warning:
+        print(f'{PROG}: warning: {warning}', file=sys.stderr)
     if args.amp and not _accelerator_available():
         fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
              'to train on the CPU. Drop --amp to train in fp32.')

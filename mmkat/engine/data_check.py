@@ -15,6 +15,7 @@ HINTS = {
     'ADE20KDataset': ('ADE20K (ADEChallengeData2016): images/ and annotations/ under {root}; see mmseg\'s '
                       '"Prepare datasets" guide'),
 }
+HINTS['KATFashionMNIST'] = HINTS['FashionMNIST']
 
 
 def _datasets(cfg, key: str) -> Iterator[Tuple[str, dict]]:

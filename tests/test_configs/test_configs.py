@@ -86,7 +86,7 @@ def test_the_glob_finds_the_shipped_configs():
     found = {osp.relpath(p, CONFIG_DIR) for p in CONFIGS}
     shipped = {f'kat/kat_{s}_in1k{r}.py' for s in 'tsb' for r in ('', '_released')}
     shipped |= {'kat/demo/kat_demo_shapes.py', 'kat/fashion_mnist/kat_t_fmnist.py',
-                'kat/fashion_mnist/vit_t_fmnist.py'}
+                'kat/fashion_mnist/vit_t_fmnist.py', 'kat/fashion_mnist/kat_t_vp_fmnist.py'}
     assert shipped <= found
 
 
@@ -241,7 +241,14 @@ def test_fashion_mnist_kat_t_is_the_tiny_kat_on_grey_28px_images():
     backbone, head = cfg.model.backbone, cfg.model.head
     assert (backbone.arch, backbone.img_size, backbone.patch_size, backbone.in_channels) == ('tiny', 28, 4, 1)
     assert (head.num_classes, head.in_channels) == (10, 192)
-    assert cfg.val_dataloader.dataset.test_mode is True and cfg.val_dataloader.dataset.split == 'test'
+    assert cfg.val_dataloader.dataset.split == 'test' and cfg.train_dataloader.dataset.split == 'train'
+    # the data stay in one tensor (on the GPU when there is one) and are augmented there, batch by batch
+    assert cfg.train_dataloader.dataset.type == 'KATFashionMNIST' and cfg.train_dataloader.num_workers == 0
+    assert cfg.data_preprocessor.type == 'KATBatchClsPreprocessor' and cfg.data_preprocessor.crop_padding == 4
+    vp = load(osp.join(CONFIG_DIR, 'kat', 'fashion_mnist', 'kat_t_vp_fmnist.py'))
+    assert build_model(vp).backbone.init_mode == 'variance_preserving'
+    del vp.model.backbone['init_mode']
+    assert vp.to_dict() == cfg.to_dict()  # nothing else differs
 
 
 # ----------------------------------------------------------------------------- scopes and registries
@@ -565,10 +572,8 @@ def test_fashion_mnist_config_reads_the_t10k_files_for_validation(fmnist):
         dataset = DATASETS.build(copy.deepcopy(cfg[loader].dataset))
         images, labels = fmnist.arrays[prefix]
         assert len(dataset) == len(labels), loader
-        for i in (0, len(labels) - 1):
-            info = dataset.get_data_info(i)
-            np.testing.assert_array_equal(info['img'], images[i])
-            assert int(info['gt_label']) == labels[i]
+        np.testing.assert_array_equal(dataset.images[:, 0].cpu().numpy(), images)
+        np.testing.assert_array_equal(dataset.labels.cpu().numpy(), labels)
 
 
 @pytest.mark.slow

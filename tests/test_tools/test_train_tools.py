@@ -269,6 +269,23 @@ def test_amp_flag_edits_the_optim_wrapper(train_module, tiny):
         train_module.merge_args(cfg, args)
 
 
+def test_a_schedule_that_does_not_fit_the_epochs_is_warned_about(train_module):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'kat', 'fashion_mnist', 'kat_t_fmnist.py'))
+    assert train_module.schedule_mismatch(cfg) == ''
+    cfg.merge_from_dict({'train_cfg.max_epochs': 40})
+    warning = train_module.schedule_mismatch(cfg)
+    assert 'ends at epoch 15 but training runs 40' in warning and 'param_scheduler.1.end=40' in warning
+    cfg.merge_from_dict({'param_scheduler.1.end': 40})
+    assert train_module.schedule_mismatch(cfg) == ''
+    cfg.merge_from_dict({'train_cfg.max_epochs': 10})
+    assert 'never reaches the end' in train_module.schedule_mismatch(cfg)
+    iters = Config(dict(train_cfg=dict(type='IterBasedTrainLoop', max_iters=100),
+                        param_scheduler=dict(type='LinearLR', by_epoch=False, end=50)))
+    assert train_module.schedule_mismatch(iters) == ''
+
+
 def test_auto_scale_lr_flag(train_module, tiny):
     cfg, args = _cfg_and_args(train_module, tiny, '--auto-scale-lr')
     assert train_module.merge_args(cfg, args).auto_scale_lr == dict(base_batch_size=4, enable=True)

@@ -6,9 +6,7 @@ _base_ = ['./kat_t_fmnist.py']
 max_epochs = 4
 model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=64, num_layers=4, num_heads=2), drop_path_rate=0.05),
              head=dict(in_channels=64))
-train_dataloader = dict(batch_size=128, num_workers=1, persistent_workers=True)
-val_dataloader = dict(batch_size=500, num_workers=0, persistent_workers=False)
-test_dataloader = val_dataloader
+train_dataloader = dict(batch_size=128)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1, end=max_epochs,

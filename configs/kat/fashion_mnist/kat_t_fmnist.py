@@ -1,6 +1,7 @@
 # KAT-T (dims 192, 12 blocks, 3 heads, as released) on Fashion-MNIST, the real data Debian ships
 # (`apt-get install dataset-fashion-mnist`, then `python tools/data/fashion_mnist.py`): 28x28 grey images,
-# 4x4 patches (7x7 tokens + cls). vit_t_fmnist.py trains the same-size GELU ViT with the identical recipe.
+# 4x4 patches (7x7 tokens + cls). vit_t_fmnist.py trains the same-size GELU ViT with the identical recipe;
+# kat_t_vp_fmnist.py the same KAT-T with the paper's variance-preserving init.
 #   python tools/train.py configs/kat/fashion_mnist/kat_t_fmnist.py --amp
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['mmkat'], allow_failed_imports=False)
@@ -24,33 +25,33 @@ model = dict(
         loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
         init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.)),
 )
-# Fashion-MNIST pixel mean / std (x 255)
-data_preprocessor = dict(num_classes=10, mean=[72.94], std=[90.02], to_rgb=False)
-
-# Only a horizontal flip: per-sample CPU transforms (e.g. a padded random crop) made data loading the
-# bottleneck on the GPU machine (~1 ms per image).
-train_pipeline = [
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+# The data stay on the GPU as one uint8 tensor (KATFashionMNIST, served a batch at a time) and are augmented
+# there per batch (KATBatchClsPreprocessor: flip, 4-pixel padded random crop, then normalisation with the
+# Fashion-MNIST pixel mean / std x 255). No per-sample CPU pipeline, hence num_workers=0.
+data_preprocessor = dict(type='KATBatchClsPreprocessor', num_classes=10, mean=[72.94], std=[90.02],
+                         flip_prob=0.5, crop_padding=4)
+# test_pipeline only serves mmpretrain's ImageClassificationInferencer (tools/infer.py on image files)
+test_pipeline = [
+    dict(type='LoadImageFromFile', color_type='grayscale'),
+    dict(type='Resize', scale=(28, 28)),
     dict(type='PackInputs'),
 ]
-test_pipeline = [dict(type='PackInputs')]
 data_root = 'data/fashion_mnist'
 train_dataloader = dict(
     batch_size=256,
-    num_workers=4,
-    persistent_workers=True,
-    dataset=dict(type='FashionMNIST', data_root=data_root, split='train', download=False,
-                 pipeline=train_pipeline),
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(type='KATFashionMNIST', data_root=data_root, split='train'),
     sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='kat_batch_collate'),
 )
 val_dataloader = dict(
     batch_size=500,
-    num_workers=2,
-    persistent_workers=True,
-    # mmpretrain's FashionMNIST reads the test files only with test_mode=True (split alone is not enough)
-    dataset=dict(type='FashionMNIST', data_root=data_root, split='test', test_mode=True, download=False,
-                 pipeline=test_pipeline),
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(type='KATFashionMNIST', data_root=data_root, split='test', pipeline=test_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='kat_batch_collate'),
 )
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))

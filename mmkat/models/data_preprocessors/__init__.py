@@ -1,0 +1,3 @@
+from .batch_cls import KATBatchClsPreprocessor
+
+__all__ = ['KATBatchClsPreprocessor']
