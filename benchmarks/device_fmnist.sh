@@ -6,9 +6,10 @@
 # mmpretrain, mmcv-lite and their pure-Python needs, see device_env.sh) and .device/fmnist (the four .gz
 # files of Debian's dataset-fashion-mnist). Results go to $OUT (default work_dirs/device).
 #   EPOCHS=40 bash benchmarks/device_fmnist.sh
-# EPOCHS=auto (the default) first times 60 steps of the nine runs side by side and then takes the longest
+# EPOCHS=auto (the default) first times 20 steps of the nine runs side by side and then takes the longest
 # schedule (a multiple of 5 epochs, at most 60) that ends within BUDGET seconds of the script's start
-# (default 540); the epoch count used is printed and stored in $OUT/commands.txt.
+# (default 540); the epoch count used is printed and stored in commands.txt. $OUT gets curves.png and
+# results.tar.gz (table.md, table.json, the logs, runs.tar.gz with every run's work dir but the checkpoints).
 set -uo pipefail
 t_start=$(date +%s)
 BUDGET=${BUDGET:-540}
@@ -22,14 +23,15 @@ tail -1 "$OUT/pytest_data.log"
 configs=(configs/kat/fashion_mnist/kat_t_fmnist.py configs/kat/fashion_mnist/vit_t_fmnist.py
          configs/kat/fashion_mnist/kat_t_vp_fmnist.py)
 common=(optim_wrapper.dtype=bfloat16)
+batch=$(python3 -c "from mmengine.config import Config; print(Config.fromfile('${configs[0]}').train_dataloader.batch_size)" 2>/dev/null)
 if [ "$EPOCHS" = auto ]; then
   probe=/tmp/fmnist_probe_$t_start
   PARALLEL=9 SEEDS="0 1 2" bash benchmarks/fmnist_seeds.sh $probe "${configs[@]}" -- "${common[@]}" \
-    train_cfg.max_epochs=1 train_dataloader.dataset.indices=15360 default_hooks.logger.interval=10 --amp \
+    train_cfg.max_epochs=1 train_dataloader.dataset.indices=$((20 * batch)) default_hooks.logger.interval=5 --amp \
     > "$OUT/probe.log" 2>&1
-  EPOCHS=$(python3 - "$probe" "$t_start" "$BUDGET" <<'PY'
-import glob, json, statistics, sys, time
-probe, t_start, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  EPOCHS=$(python3 - "$probe" "$t_start" "$BUDGET" "$batch" <<'PY'
+import glob, json, math, statistics, sys, time
+probe, t_start, budget, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 steps, vals, starts = [], [], []
 for run in glob.glob(f'{probe}/*_seed*/'):
     entries = [json.loads(l) for f in glob.glob(f'{run}*/vis_data/scalars.json') for l in open(f) if l.strip()]
@@ -39,9 +41,9 @@ for run in glob.glob(f'{probe}/*_seed*/'):
     if not train or not val or wall.get('rc') != '0':
         sys.exit(f'probe run {run} did not finish; see probe.log')
     steps.append(statistics.median(train)); vals.append(val[-1] * 20)
-    starts.append(float(wall['wall_s']) - 60 * steps[-1] - vals[-1])
+    starts.append(float(wall['wall_s']) - 20 * steps[-1] - vals[-1])
 step, val, start = max(steps), max(vals), max(starts)
-per_epoch = 235 * step + val  # 60,000 images / batch 256, and 10,000 / 500 for validation
+per_epoch = math.ceil(60000 / batch) * step + val  # and 10,000 / 500 for validation
 left = t_start + budget - time.time() - start - 40  # 40 s for the summary and the copies
 epochs = max(5, min(60, int(left / per_epoch) // 5 * 5))
 print(f'probe: {step * 1e3:.1f} ms/step, validation {val:.1f} s, start-up {start:.0f} s, '
@@ -60,17 +62,18 @@ args=("${common[@]}" train_cfg.max_epochs=$EPOCHS param_scheduler.1.end=$EPOCHS 
 PARALLEL=9 SEEDS="0 1 2" TIME_LIMIT=$left bash benchmarks/fmnist_seeds.sh $runs "${configs[@]}" -- "${args[@]}" \
   2>&1 | tee "$OUT/runs.log"
 
+res=$OUT/results && mkdir -p $res && mv "$OUT"/*.log "$OUT/commands.txt" $res/ 2>/dev/null
 python3 tools/summarize_cls_runs.py "KAT-T=$runs/kat_t_fmnist_seed*" "ViT-T=$runs/vit_t_fmnist_seed*" \
-  "KAT-T (variance-preserving init)=$runs/kat_t_vp_fmnist_seed*" --per-epoch --out "$OUT/table.json" \
+  "KAT-T (variance-preserving init)=$runs/kat_t_vp_fmnist_seed*" --per-epoch --out $res/table.json \
   --plot "$OUT/curves.png" --title "Fashion-MNIST, $EPOCHS epochs, 3 seeds (mean, range shaded)" \
-  > "$OUT/table.md" 2> "$OUT/summary_errors.txt"
-tail -6 "$OUT/table.md"; cat "$OUT/summary_errors.txt"
+  > $res/table.md 2> $res/summary_errors.txt
+cat $res/table.md $res/summary_errors.txt
 
 # the logs, the configs as run, the scalars and wall times (no checkpoints), and KAT-T seed 0's rationals
-( cd $runs && tar czf "$OUT/runs.tar.gz" --exclude='*.pth' --exclude=last_checkpoint . )
+( cd $runs && tar czf $res/runs.tar.gz --exclude='*.pth' --exclude=last_checkpoint . )
 best=$(ls $runs/kat_t_fmnist_seed0/best_*.pth 2>/dev/null | head -1)
 if [ -n "$best" ]; then
-  python3 - "$best" "$OUT/kat_t_fmnist_rationals.pth" <<'PY'
+  python3 - "$best" $res/kat_t_fmnist_rationals.pth <<'PY'
 import sys, torch
 import mmkat  # noqa: F401  (allow-lists mmengine's checkpoint types for weights_only loading)
 ckpt = torch.load(sys.argv[1], map_location='cpu')
@@ -79,5 +82,6 @@ torch.save(dict(state_dict=keep, meta=dict(source=sys.argv[1].split('/')[-1])), 
 print('rationals:', len(keep), 'tensors from', sys.argv[1])
 PY
 fi
+tar czf "$OUT/results.tar.gz" -C "$OUT" results && rm -rf $res
 echo "total: $(( $(date +%s) - t_start )) s"
 ls -la "$OUT"

@@ -7,6 +7,7 @@ max_epochs = 4
 model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=64, num_layers=4, num_heads=2), drop_path_rate=0.05),
              head=dict(in_channels=64))
 train_dataloader = dict(batch_size=128)
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=1, end=max_epochs,
