@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Repeated Fashion-MNIST runs: every CONFIG with every seed, through tools/train.py, PARALLEL runs at a time.
-# Each run gets its own work dir OUT/<config name>_seed<S> (tools/train.py refuses to reuse one) and a
+# Each run gets its own work dir OUT/<config name>_seed<S> (a run whose work dir exists is skipped) and a
 # wall.txt there with its exit status and wall time; tools/summarize_cls_runs.py makes the table and plot.
 #   SEEDS="0 1 2" PARALLEL=2 THREADS=1 bash benchmarks/fmnist_seeds.sh OUT CONFIG... [-- TRAIN_ARGS...]
 # TRAIN_ARGS follow `--cfg-options randomness.seed=S` (more key=value pairs, then flags such as --amp);
@@ -9,6 +9,9 @@
 #      on a GPU:      PARALLEL=9 bash benchmarks/fmnist_seeds.sh OUT configs/kat/fashion_mnist/{kat,vit,kat_t_vp}*_t*_fmnist.py -- --amp
 # Data: data/fashion_mnist (python tools/data/fashion_mnist.py). PYTHON defaults to .venv/bin/python, else python3.
 set -uo pipefail
+# The body is one compound command: bash reads it whole before running, so editing this file while it
+# runs cannot make the running script read shifted lines.
+{
 out=${1:?usage: fmnist_seeds.sh OUT CONFIG... [-- TRAIN_ARGS...]}
 shift
 configs=()
@@ -29,6 +32,10 @@ run_one() {  # config seed
   local name dir start rc
   name=$(basename "$1" .py)_seed$2
   dir=$out/$name
+  if [ -e "$dir" ] || [ -e "$out/$name.log" ]; then  # an earlier run's results are never replaced
+    echo "$name: skipped, $dir (or its log) exists already; choose another OUT"
+    return
+  fi
   start=$(date +%s)
   OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS ${TIME_LIMIT:+timeout $TIME_LIMIT} "$PYTHON" tools/train.py "$1" --work-dir "$dir" \
     --cfg-options randomness.seed="$2" "${train_args[@]}" > "$out/$name.log" 2>&1
@@ -47,3 +54,5 @@ for seed in $SEEDS; do
   done
 done
 wait
+exit
+}

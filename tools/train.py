@@ -15,6 +15,7 @@ import argparse
 import glob
 import os
 import os.path as osp
+import socket
 import sys
 
 try:  # the installed mmkat, else the one of the checkout this tool belongs to
@@ -186,6 +187,46 @@ def guard_work_dir(cfg, args):
          'replaced), or another --work-dir.')
 
 
+_WORK_DIR_LOCK = None  # the open lock file, held for the life of the process
+
+
+def _launch_rank() -> int:
+    for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def lock_work_dir(cfg):
+    """Refuse to train in a work dir where another tools/train.py run is training (their checkpoints and logs
+    would overwrite each other). The first process of a launch holds an exclusive lock on
+    ``<work dir>/.train.lock`` until it exits; the file itself is left in place and is harmless."""
+    global _WORK_DIR_LOCK
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        return None
+    if _is_remote(cfg.work_dir) or _launch_rank() != 0:
+        return None
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    path = osp.join(cfg.work_dir, '.train.lock')
+    handle = open(path, 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'another process'
+        handle.close()
+        fail(f'another tools/train.py run ({holder}) is training in the work dir {cfg.work_dir}; two runs there '
+             'would overwrite each other\'s checkpoints and logs. Wait for it to end, or pass another --work-dir.')
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    handle.flush()
+    _WORK_DIR_LOCK = handle
+    return handle
+
+
 def resolve_resume(cfg, args):
     """Resuming without a named checkpoint: pick the newest complete one in the work dir ourselves, so that
     an empty last_checkpoint, a truncated latest file or a moved work dir do not crash or restart the run."""
@@ -261,15 +302,16 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
     from mmkat.engine import data_errors_named, prepare_runner
+    if args.amp and not _accelerator_available():
+        fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
+             'to train on the CPU. Drop --amp to train in fp32.')
     guard_work_dir(cfg, args)
+    lock_work_dir(cfg)
     resolve_resume(cfg, args)
     use_safe_checkpoint_hook(cfg)
     warning = schedule_mismatch(cfg)
     if warning:
         print(f'{PROG}: warning: {warning}', file=sys.stderr)
-    if args.amp and not _accelerator_available():
-        fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
-             'to train on the CPU. Drop --amp to train in fp32.')
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
     runner = prepare_runner(cfg, args.config, loaders, 'trains on', fail)
     with data_errors_named(cfg, fail):

@@ -260,6 +260,16 @@ def test_packinputs_batches_and_inferencer_samples_are_accepted():
         pre(dict(inputs=images, data_samples=[DataSample() for _ in range(3)]), training=True)
 
 
+def test_colour_images_for_a_grey_model_become_their_luma():
+    pre = KATBatchClsPreprocessor(num_classes=10, mean=[0.0], std=[1.0])
+    grey = torch.randint(0, 256, (2, 1, 6, 6), dtype=torch.uint8)
+    out = pre(dict(inputs=grey.expand(2, 3, 6, 6), labels=torch.tensor([1, 2])), training=False)
+    torch.testing.assert_close(out['inputs'], grey.float(), rtol=0, atol=1e-4)  # a grey file read in colour
+    bgr = torch.tensor([10., 20., 30.]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    out = pre(dict(inputs=bgr, labels=torch.tensor([0])), training=False)
+    torch.testing.assert_close(out['inputs'], torch.full((1, 1, 2, 2), 0.114 * 10 + 0.587 * 20 + 0.299 * 30))
+
+
 def test_bad_preprocessor_arguments_and_batches():
     with pytest.raises(ValueError, match='mean has 3 channels but std 1'):
         KATBatchClsPreprocessor(num_classes=10, mean=[0, 0, 0], std=[1])

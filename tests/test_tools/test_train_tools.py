@@ -269,6 +269,22 @@ def test_amp_flag_edits_the_optim_wrapper(train_module, tiny):
         train_module.merge_args(cfg, args)
 
 
+def test_a_second_run_in_a_busy_work_dir_is_refused(train_module, tiny, tmp_path, monkeypatch):
+    work_dir = tmp_path / 'busy'
+    cfg, args = _cfg_and_args(train_module, tiny, '--work-dir', str(work_dir))
+    cfg = train_module.merge_args(cfg, args)
+    monkeypatch.setattr(train_module, '_WORK_DIR_LOCK', None)
+    first = train_module.lock_work_dir(cfg)
+    assert first is not None and f'pid {os.getpid()}' in (work_dir / '.train.lock').read_text()
+    with pytest.raises(SystemExit, match=f'another tools/train.py run \\(pid {os.getpid()} on .*\\) is training'):
+        train_module.lock_work_dir(cfg)
+    monkeypatch.setenv('RANK', '1')  # the other processes of a launch do not take the lock
+    assert train_module.lock_work_dir(cfg) is None
+    monkeypatch.delenv('RANK')
+    first.close()  # the run ended: the next one may start
+    train_module.lock_work_dir(cfg).close()
+
+
 def test_a_schedule_that_does_not_fit_the_epochs_is_warned_about(train_module):
     from mmengine.config import Config
 

@@ -14,7 +14,9 @@ there applies, in this order:
    the weight then set to the box's true area; with both, cutmix is picked with probability
    ``cutmix_prob``. Targets become ``gt_score`` = lam * one_hot(y) + (1 - lam) * one_hot(y[perm]).
 
-Steps 1, 2 and 4 run only in training. All random draws come from torch's default generators (seeded by
+Colour images given to a grey model (``mean`` of one channel) are turned into their BT.601 luma first, as
+the images that mmpretrain's inferencers read are always in colour (BGR). Steps 1, 2 and 4 run only in
+training. All random draws come from torch's default generators (seeded by
 mmengine's ``randomness.seed``), on the device for 1 and 2, on the CPU for 4. It returns what mmpretrain's
 ``ImageClassifier`` expects: ``dict(inputs=float [B, C, H, W], data_samples=[DataSample, ...])``.
 """
@@ -123,6 +125,11 @@ class KATBatchClsPreprocessor(BaseDataPreprocessor):
         else:
             raise KeyError(f"KATBatchClsPreprocessor expects a batch with 'inputs' and 'labels' (KATTensorDataset) "
                            f"or 'inputs' and 'data_samples' (PackInputs), got keys {sorted(data)}")
+        if inputs.ndim == 4 and inputs.shape[1] == 3 and self.mean.shape[1] == 1:
+            # a colour image for a grey model (mmpretrain's inferencers read every file in colour, BGR as
+            # mmcv reads it): its luma, ITU-R BT.601; a grey file read in colour comes back unchanged
+            weights = torch.tensor([0.114, 0.587, 0.299], dtype=torch.float32, device=inputs.device)
+            inputs = (inputs.float() * weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
         if inputs.ndim != 4 or inputs.shape[1] != self.mean.shape[1]:
             raise ValueError(f'KATBatchClsPreprocessor: images of shape {tuple(inputs.shape)}, expected '
                              f'[B, {self.mean.shape[1]}, H, W] (mean/std give {self.mean.shape[1]} channel(s))')
