@@ -34,7 +34,8 @@ def test_model_index_lists_every_metafile_and_every_config_exists():
 def test_measured_fashion_mnist_figures_match_the_recorded_runs():
     with open(FMNIST_TABLE) as f:
         table = json.load(f)
-    row_of = {'configs/kat/fashion_mnist/kat_t_fmnist.py': 'KAT-T', 'configs/kat/fashion_mnist/vit_t_fmnist.py': 'ViT-T',
+    row_of = {'configs/kat/fashion_mnist/kat_t_fmnist.py': 'KAT-T',
+              'configs/kat/fashion_mnist/vit_t_fmnist.py': 'ViT-T',
               'configs/kat/fashion_mnist/kat_t_vp_fmnist.py': 'KAT-T (variance-preserving init)'}
     checked = 0
     for model in models_of(osp.join(ROOT, 'configs', 'kat', 'metafile.yml')):
