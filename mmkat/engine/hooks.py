@@ -99,6 +99,8 @@ class KATCheckpointHook(CheckpointHook):
         if state is not None:
             _set_rng_states(state)
             self._rng_before_val = None
+        if self.save_best is not None:  # CheckpointHook's best_*.pth (save_best), as mmengine does it
+            super().after_val_epoch(runner, metrics or {})
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         from mmengine.dist import get_rank

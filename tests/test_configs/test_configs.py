@@ -588,6 +588,8 @@ def test_fashion_mnist_config_trains_on_idx_files(runs):
     assert state['backbone.patch_embed.proj.weight'].shape == (32, 1, 4, 4)  # the tiny override, grey input
     assert state['backbone.pos_embed'].shape == (1, 1 + 7 * 7, 32)
     assert state['head.fc.weight'].shape == (10, 32)
+    # save_best='auto' in the config: the best checkpoint is kept too (through mmkat's KATCheckpointHook)
+    assert (runs.work['fmnist'] / 'best_accuracy_top1_epoch_1.pth').is_file(), sorted(os.listdir(runs.work['fmnist']))
 
 
 @pytest.mark.slow
