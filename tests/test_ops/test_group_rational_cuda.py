@@ -82,6 +82,44 @@ def test_cuda_runs_on_the_tensors_device_and_current_stream():
     torch.testing.assert_close(y, expected, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two GPUs')
+def test_cuda_forward_and_backward_on_the_second_gpu_while_cuda0_is_current():
+    device = torch.device('cuda', 1)
+    x, wn, wd = make_inputs((16, 50, 192), 8, torch.float32, device=device)
+    dy = torch.randn_like(x)
+    ref = [t.detach().cpu().double().requires_grad_() for t in (x, wn, wd)]
+    expected = group_rational(*ref, 8, impl='reference')
+    expected_grads = torch.autograd.grad(expected, ref, dy.cpu().double())
+    inputs = [t.detach().clone().requires_grad_() for t in (x, wn, wd)]
+    with torch.cuda.device(0):
+        y = group_rational(*inputs, 8, impl='compiled')
+        grads = torch.autograd.grad(y, inputs, dy)
+    assert y.device == device and all(g.device == device for g in grads)
+    for a, b in ((y, expected), *zip(grads, expected_grads)):
+        err = ((a.double().cpu() - b).norm() / b.norm()).item()
+        assert err < 1e-5, err
+
+
+def test_cuda_kernels_wait_for_the_producer_on_a_side_stream():
+    """The input is written by a long kernel on a side stream and read at once on that stream: a kernel
+    launched on another stream (the legacy default one) would read it before it is written."""
+    stream = torch.cuda.Stream()
+    _, wn, wd = make_inputs((8, 8), 8, torch.float32, device='cuda')
+    a = torch.randn(4096, 4096, device='cuda')
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        x = (a @ a @ a)[:2048, :1536].contiguous() * 1e-3  # long enough to still be running at the next launch
+        x.requires_grad_()
+        y = group_rational(x, wn, wd, 8, impl='compiled')
+        (gx, ) = torch.autograd.grad(y.sum(), (x, ))
+    stream.synchronize()
+    xr = x.detach().requires_grad_()
+    expected = group_rational(xr, wn, wd, 8, impl='reference')
+    (expected_gx, ) = torch.autograd.grad(expected.sum(), (xr, ))
+    torch.testing.assert_close(y, expected, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
+    torch.testing.assert_close(gx, expected_gx, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
+
+
 def test_cuda_opcheck():
     for dtype in (torch.float32, torch.bfloat16):
         x, wn, wd = make_inputs((3, 5, 16), 8, dtype, device='cuda')
