@@ -306,7 +306,6 @@ def main(argv=None):
         fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
              'to train on the CPU. Drop --amp to train in fp32.')
     guard_work_dir(cfg, args)
-    lock_work_dir(cfg)
     resolve_resume(cfg, args)
     use_safe_checkpoint_hook(cfg)
     warning = schedule_mismatch(cfg)
@@ -314,6 +313,7 @@ def main(argv=None):
         print(f'{PROG}: warning: {warning}', file=sys.stderr)
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
     runner = prepare_runner(cfg, args.config, loaders, 'trains on', fail)
+    lock_work_dir(cfg)  # after the data checks: a run that cannot start leaves no work dir behind
     with data_errors_named(cfg, fail):
         runner.train()
 

@@ -269,7 +269,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for c, name in enumerate(CLASSES):
         print(f'  {c} {name:<{width}} ' + ' '.join(f'{per_class[s][c]:>7}' for s in SPLITS))
     print(f'  {"total":<{2 + width}} ' + ' '.join(f'{sum(per_class[s]):>7}' for s in SPLITS))
-    print(f"\nuse: dict(type='FashionMNIST', data_root='{args.out}', split='train', download=False) and, for "
+    print(f"\nuse: dict(type='KATFashionMNIST', data_root='{args.out}', split='train' or 'test') as the "
+          "configs in configs/kat/fashion_mnist/ do (the split in one tensor, on the GPU when there is one), or "
+          f"mmpretrain's dict(type='FashionMNIST', data_root='{args.out}', split='train', download=False) and, for "
           "the test set, split='test', test_mode=True (mmpretrain picks the files from test_mode)")
     return 0
 
