@@ -5,6 +5,7 @@ import os.path as osp
 import socket
 import subprocess
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -36,10 +37,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+GLOO_ABORT = 'terminate called without an active exception'
+
+
 def run(script, *args, env):
-    proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    return proc.returncode, proc.stdout + proc.stderr
+    """Run a tools/ launcher script. Once in about ten full-suite runs on a 2-core machine, a rank of a
+    two-process gloo run has died with SIGABRT and only torch's C++ message (GLOO_ABORT), with no Python error;
+    such a run is started once more, with a warning, so that the rare upstream abort does not fail the suite.
+    Any other failure, and a second abort, fail the test."""
+    for attempt in (1, 2):
+        proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *map(str, args)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        log = proc.stdout + proc.stderr
+        before_abort = log.split(GLOO_ABORT)[0]
+        upstream_abort = proc.returncode != 0 and GLOO_ABORT in log and 'Traceback' not in before_abort
+        if not upstream_abort or attempt == 2:
+            return proc.returncode, log
+        warnings.warn(f'{script}: a rank aborted inside torch ({GLOO_ABORT!r}); running it once more')
+        env = dict(env, PORT=str(free_port()))
 
 
 @pytest.mark.slow
