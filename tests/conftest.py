@@ -4,6 +4,7 @@ one included, repeats when the test is run again. The seed is derived from the t
 runs the suite on other draws."""
 import os
 import random
+import struct
 import zlib
 
 import numpy as np
@@ -28,3 +29,22 @@ def needs(*packages):
     import importlib.util
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     return pytest.mark.skipif(bool(missing), reason=f'needs {", ".join(missing)} (tools/setup_env.sh installs it)')
+
+
+def idx_images(images: np.ndarray, magic: int = 2051) -> bytes:
+    """uint8 images [N, rows, cols] as an idx3-ubyte file's bytes (the MNIST format)."""
+    n, rows, cols = images.shape
+    return struct.pack('>IIII', magic, n, rows, cols) + images.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray, magic: int = 2049) -> bytes:
+    """uint8 labels [N] as an idx1-ubyte file's bytes."""
+    return struct.pack('>II', magic, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+def write_idx_split(folder, prefix: str, images: np.ndarray, labels: np.ndarray):
+    """<folder>/<prefix>-images-idx3-ubyte and -labels-idx1-ubyte, the decompressed Fashion-MNIST names."""
+    with open(os.path.join(folder, f'{prefix}-images-idx3-ubyte'), 'wb') as f:
+        f.write(idx_images(images))
+    with open(os.path.join(folder, f'{prefix}-labels-idx1-ubyte'), 'wb') as f:
+        f.write(idx_labels(labels))

@@ -16,7 +16,6 @@ import math
 import os
 import os.path as osp
 import re
-import struct
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from tests.conftest import needs
+from tests.conftest import needs, write_idx_split
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -464,10 +463,7 @@ def write_idx_files(folder, n_train=FMNIST_TRAIN, n_test=FMNIST_TEST):
     for prefix, n in (('train', n_train), ('t10k', n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
-        with open(osp.join(folder, f'{prefix}-images-idx3-ubyte'), 'wb') as f:
-            f.write(struct.pack('>IIII', 2051, n, 28, 28) + images.tobytes())
-        with open(osp.join(folder, f'{prefix}-labels-idx1-ubyte'), 'wb') as f:
-            f.write(struct.pack('>II', 2049, n) + labels.tobytes())
+        write_idx_split(folder, prefix, images, labels)
         arrays[prefix] = (images, labels)
     return arrays
 

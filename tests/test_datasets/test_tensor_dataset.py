@@ -1,6 +1,5 @@
 """KATTensorDataset / KATFashionMNIST (whole batches from one tensor) and KATBatchClsPreprocessor (batched
 flip, padded crop, normalisation, mixup / cutmix), against per-image reference implementations."""
-import struct
 
 import numpy as np
 import pytest
@@ -11,15 +10,9 @@ from mmkat.datasets import KATFashionMNIST, KATTensorDataset, kat_batch_collate,
 from mmkat.models.data_preprocessors.batch_cls import (KATBatchClsPreprocessor, cutmix_box, mix_targets,
                                                        pad_crop, random_flip)
 
-from ..conftest import needs
+from ..conftest import idx_images, needs, write_idx_split
 
 CLASSES = tuple('abcdefghij')
-
-
-def write_idx(folder, prefix, images, labels):
-    n, h, w = images.shape
-    (folder / f'{prefix}-images-idx3-ubyte').write_bytes(struct.pack('>IIII', 2051, n, h, w) + images.tobytes())
-    (folder / f'{prefix}-labels-idx1-ubyte').write_bytes(struct.pack('>II', 2049, n) + labels.tobytes())
 
 
 @pytest.fixture
@@ -29,7 +22,7 @@ def fmnist_files(tmp_path):
     for prefix, n in (('train', 40), ('t10k', 12)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
-        write_idx(tmp_path, prefix, images, labels)
+        write_idx_split(tmp_path, prefix, images, labels)
         arrays[prefix] = (images, labels)
     return tmp_path, arrays
 
@@ -106,7 +99,7 @@ def test_collate_joins_single_samples_and_refuses_other_batches():
 ])
 def test_bad_idx_files_are_named_in_the_error(tmp_path, kind, damage, message):
     path = tmp_path / 'train-images-idx3-ubyte'
-    good = struct.pack('>IIII', 2051, 2, 3, 3) + bytes(18)
+    good = idx_images(np.zeros((2, 3, 3), np.uint8))
     if kind == 'short':
         path.write_bytes(good[:-1])
     elif damage is not None:

@@ -3,27 +3,17 @@ import gzip
 import io
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
 
 import numpy as np
 import pytest
-from tests.conftest import needs
+from tests.conftest import idx_images, idx_labels, needs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, 'tools', 'data', 'fashion_mnist.py')
 NAMES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
-
-
-def idx_images(images: np.ndarray, magic: int = 2051) -> bytes:
-    n, rows, cols = images.shape
-    return struct.pack('>IIII', magic, n, rows, cols) + images.astype(np.uint8).tobytes()
-
-
-def idx_labels(labels: np.ndarray, magic: int = 2049) -> bytes:
-    return struct.pack('>II', magic, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
 def make_dataset(seed=0, n_train=20, n_test=10):
