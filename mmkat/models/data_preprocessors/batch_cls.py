@@ -108,8 +108,8 @@ class KATBatchClsPreprocessor(BaseDataPreprocessor):
 
     # ------------------------------------------------------------------------------------------ input
     def _unpack(self, data: dict) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[List]]:
-        """(images [B, C, H, W], labels [B] or None, the incoming data samples or None) on the model's
-        device."""
+        """(images [B, C, H, W] on the model's device, labels [B] or None where the batch holds them, the
+        incoming data samples or None)."""
         if 'labels' in data:
             inputs, labels, samples = data['inputs'], data['labels'], None
         elif 'data_samples' in data:
@@ -125,6 +125,7 @@ class KATBatchClsPreprocessor(BaseDataPreprocessor):
         else:
             raise KeyError(f"KATBatchClsPreprocessor expects a batch with 'inputs' and 'labels' (KATTensorDataset) "
                            f"or 'inputs' and 'data_samples' (PackInputs), got keys {sorted(data)}")
+        inputs = inputs.to(self.mean.device, non_blocking=self._non_blocking)
         if inputs.ndim == 4 and inputs.shape[1] == 3 and self.mean.shape[1] == 1:
             # a colour image for a grey model (mmpretrain's inferencers read every file in colour, BGR as
             # mmcv reads it): its luma, ITU-R BT.601; a grey file read in colour comes back unchanged
@@ -133,10 +134,7 @@ class KATBatchClsPreprocessor(BaseDataPreprocessor):
         if inputs.ndim != 4 or inputs.shape[1] != self.mean.shape[1]:
             raise ValueError(f'KATBatchClsPreprocessor: images of shape {tuple(inputs.shape)}, expected '
                              f'[B, {self.mean.shape[1]}, H, W] (mean/std give {self.mean.shape[1]} channel(s))')
-        device = self.mean.device
-        if labels is not None:
-            labels = labels.to(device, non_blocking=self._non_blocking).long()
-        return inputs.to(device, non_blocking=self._non_blocking), labels, samples
+        return inputs, labels, samples
 
     # ------------------------------------------------------------------------------------------ augment
     def _mix(self, x: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -174,6 +172,7 @@ class KATBatchClsPreprocessor(BaseDataPreprocessor):
         if training:
             if labels is None:
                 raise ValueError('KATBatchClsPreprocessor: a training batch needs labels (gt_label)')
+            labels = labels.to(x.device, non_blocking=self._non_blocking).long()
             x, scores = self._mix(x, labels)
 
         if samples is None:
@@ -181,7 +180,7 @@ class KATBatchClsPreprocessor(BaseDataPreprocessor):
         # the head's loss concatenates gt_label (on the device); the evaluator moves each one to the CPU,
         # so outside training they are given as CPU tensors from one copy
         if labels is not None:
-            label_views = (labels if training else labels.cpu()).view(b, 1).unbind(0)
+            label_views = (labels if training else labels.cpu().long()).view(b, 1).unbind(0)
             for i, sample in enumerate(samples):
                 sample.set_field(label_views[i], 'gt_label', dtype=torch.Tensor)
                 if scores is not None:
