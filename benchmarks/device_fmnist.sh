@@ -8,7 +8,9 @@
 #   EPOCHS=40 bash benchmarks/device_fmnist.sh
 # EPOCHS=auto (the default) first times 20 steps of the nine runs side by side and then takes the longest
 # schedule (a multiple of 5 epochs, at most 60) that ends within BUDGET seconds of the script's start
-# (default 540); the epoch count used is printed and stored in commands.txt. $OUT gets curves.png and
+# (default 540); the epoch count used is printed and stored in commands.txt. The estimate is optimistic: in
+# the recorded runs a probe's 0.27 s/step became 0.39 s/step over whole epochs, so give EPOCHS for a run that
+# has to finish. $OUT gets curves.png and
 # results.tar.gz (table.md, table.json, the logs, runs.tar.gz with every run's work dir but the checkpoints).
 set -uo pipefail
 t_start=$(date +%s)

@@ -10,14 +10,14 @@ allowed, and weights_only is never switched off), so the standard OpenMMLab APIs
 ``DetInferencer``, ``MMSegInferencer``, ``ImageClassificationInferencer``, ...) load mmkat checkpoints once an
 mmkat config has been read.
 """
-from . import datasets, engine, models, ops, utils  # noqa: F401  (registers the modules)
-from .utils import model_index  # noqa: F401
+from . import datasets, engine, models, ops  # noqa: F401  (registers the modules)
 from .models import KAT, GroupRational
 from .ops import group_rational
+from .utils.model_index import register_when_mmpretrain_loads
 from .version import __version__
 
 engine.allow_mmengine_checkpoints()
 # mmpretrain's get_model / list_models / inference_model know mmkat's models by name (configs/kat/metafile.yml)
-utils.model_index.register_when_mmpretrain_loads()
+register_when_mmpretrain_loads()
 
 __all__ = ['KAT', 'GroupRational', 'group_rational', '__version__']

@@ -41,10 +41,10 @@ GLOO_ABORT = 'terminate called without an active exception'
 
 
 def run(script, *args, env):
-    """Run a tools/ launcher script. Once in about ten full-suite runs on a 2-core machine, a rank of a
-    two-process gloo run has died with SIGABRT and only torch's C++ message (GLOO_ABORT), with no Python error;
-    such a run is started once more, with a warning, so that the rare upstream abort does not fail the suite.
-    Any other failure, and a second abort, fail the test."""
+    """Run a tools/ launcher script. Once, in a full-suite run on a 2-core machine, a rank of the two-process
+    gloo dist_test.sh died with SIGABRT and only torch's C++ message (GLOO_ABORT), with no Python error (nine
+    reruns passed); such a run is started once more, with a warning, so that this upstream abort does not fail
+    the suite. Any other failure, and a second abort, fail the test."""
     for attempt in (1, 2):
         proc = subprocess.run(['bash', osp.join(ROOT, 'tools', script), *map(str, args)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)
