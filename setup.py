@@ -149,7 +149,7 @@ def main():
         package_data={'mmkat': ['ops/*.json']},
         ext_modules=get_extensions(),
         cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)},
-        install_requires=['torch>=2.4', 'mmengine>=0.10.0'],
+        install_requires=['torch>=2.4', 'mmengine>=0.10.0', 'safetensors>=0.4', 'huggingface_hub>=0.23'],
         zip_safe=False,
     )
 

@@ -29,7 +29,8 @@ def fail(message):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('config', help='the config the checkpoint was trained with (.py)')
-    parser.add_argument('checkpoint', help='a checkpoint written by tools/train.py (or a converted one)')
+    parser.add_argument('checkpoint', help='a checkpoint written by tools/train.py (or a converted one), a '
+                        '.safetensors file, a URL, hf_hub:OWNER/REPO or an mmkat weights name')
     parser.add_argument('--out', required=True, help='the ONNX file to write')
     parser.add_argument('--backbone', action='store_true', help='export the KAT backbone only (its last output)')
     parser.add_argument('--img-size', type=int, default=None,
@@ -50,9 +51,10 @@ def build(cfg, checkpoint, backbone_only):
     if cfg.get('default_scope'):
         init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
+    from mmkat.hub import WeightsError
     try:
         state = read_state_dict(checkpoint)  # as mmengine's loader sees the file, read once
-    except ValueError as e:
+    except (ValueError, WeightsError) as e:
         fail(str(e))
     problems = checkpoint_fit(model, state).problems()
     if problems:  # an export of a half-loaded model would not be the checkpoint's
@@ -84,8 +86,9 @@ def build(cfg, checkpoint, backbone_only):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmkat.hub import is_remote
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
-        if not osp.isfile(path):
+        if not osp.isfile(path) and not (what == 'checkpoint' and is_remote(path)):
             fail(f'{what} not found: {path}')
     if osp.exists(args.out) and not args.force:
         fail(f'--out: {args.out} exists; pass --force to replace it, or name another file')

@@ -31,7 +31,8 @@ def fail(message):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('config', help='the config the checkpoint was trained with (.py)')
-    parser.add_argument('checkpoint', help='a checkpoint written by tools/train.py (or a converted one)')
+    parser.add_argument('checkpoint', help='a checkpoint written by tools/train.py (or a converted one), a '
+                        '.safetensors file, a URL, hf_hub:OWNER/REPO or an mmkat weights name')
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--out', required=True, help='output folder (vis/ and preds/ are written in it)')
     parser.add_argument('--device', default=None, help='cuda, cuda:1, cpu (default: cuda when a GPU is visible)')
@@ -100,8 +101,9 @@ def predict(task, inferencer, image, out):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmkat.hub import WeightsError, is_remote
     for path, what in [(args.config, 'config'), (args.checkpoint, 'checkpoint')] + [(i, 'image') for i in args.images]:
-        if not osp.isfile(path):
+        if not osp.isfile(path) and not (what == 'checkpoint' and is_remote(path)):
             fail(f'{what} not found: {path}')
     stems = [osp.splitext(osp.basename(i))[0] for i in args.images]
     twins = sorted({s for s in stems if stems.count(s) > 1})
@@ -120,9 +122,13 @@ def main(argv=None):
     if device is None:
         import torch
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    from mmkat.engine.checkpoint_fit import checkpoint_fit
+    from mmkat.engine.checkpoint_fit import checkpoint_fit, read_state_dict
+    try:  # read first: an unreadable file, a failed download or digest gets one line, not the inferencer's traceback
+        state = read_state_dict(args.checkpoint)
+    except (WeightsError, ValueError) as e:
+        fail(str(e))
     inferencer = build_inferencer(task, args.config, args.checkpoint, device)
-    problems = checkpoint_fit(inferencer.model, args.checkpoint).problems()
+    problems = checkpoint_fit(inferencer.model, state).problems()
     if problems:  # predictions of a half-loaded model would not be the checkpoint's
         fail(f'{args.checkpoint} does not fit the model of {args.config}:\n  ' + '\n  '.join(problems))
     os.makedirs(args.out, exist_ok=True)

@@ -8,7 +8,9 @@
 #   pkg_resources at run time), mmengine 0.10.7, mmcv 2.1.0 built from source WITH its ops (PyPI has no
 #   wheel for modern torch; the build is cached, see below), mmdet 3.3.0, mmsegmentation 1.2.2,
 #   mmpretrain 1.2.0, pycocotools, ftfy and regex (imported by mmseg without being declared), timm (the
-#   tests compare KAT with timm's ViT holding the same weights), ruff (the linter tests/test_lint.py runs), onnx + onnxscript + onnxruntime (tools/export.py and its test),
+#   tests compare KAT with timm's ViT holding the same weights), ruff (the linter tests/test_lint.py runs),
+#   onnx + onnxscript + onnxruntime (tools/export.py and its test), huggingface_hub and safetensors (weights
+#   from the Hugging Face Hub and .safetensors files, mmkat/hub.py),
 #   and finally mmkat itself in editable mode, which compiles mmkat._C (C++ always, CUDA when a toolkit
 #   is found, even without a visible GPU).
 #
@@ -128,7 +130,7 @@ fi
 # ------------------------------------------------------------------ the OpenMMLab stack and friends
 MM_REQS=("mmengine==0.10.7" "mmcv==$MMCV_VERSION" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0"
          "pycocotools" "ftfy" "regex" "matplotlib" "numpy<2" "timm==1.0.22" "ruff==0.17.6"
-         "onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0")
+         "onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "huggingface_hub==2.4.0" "safetensors==0.8.0")
 if satisfied "${MM_REQS[@]}"; then
   say "mmengine, mmdet, mmsegmentation, mmpretrain already installed"
 else

@@ -4,10 +4,13 @@ Examples::
 
     python tools/test.py CONFIG CHECKPOINT                       # prints the test metrics
     python tools/test.py CONFIG CHECKPOINT --out preds.pkl       # also dumps the predictions
+    python tools/test.py configs/kat/kat_s_in1k_released.py      # the config's load_from (released weights)
     bash tools/dist_test.sh CONFIG CHECKPOINT 8                  # 8 GPUs on this machine (torchrun)
 
-CHECKPOINT can be a training checkpoint written by tools/train.py (mmengine's format) or a plain state
-dict such as one converted by mmkat's tools.
+CHECKPOINT can be a training checkpoint written by tools/train.py (mmengine's format), a state dict such as
+one converted by mmkat's tools, a .safetensors file, a URL, hf_hub:OWNER/REPO or an mmkat weights name
+(configs/kat/metafile.yml; downloaded once and verified, see mmkat/hub.py). Without it, the config's
+load_from is tested.
 """
 import argparse
 import os
@@ -33,7 +36,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=PROG,
                                      description='Test (evaluate) a checkpoint with an mmengine config.')
     parser.add_argument('config', help='config file (.py)')
-    parser.add_argument('checkpoint', help='checkpoint file (a path, or a URL mmengine can fetch)')
+    parser.add_argument(
+        'checkpoint', nargs='?',
+        help="a checkpoint file, URL, hf_hub:OWNER/REPO or mmkat weights name (default: the config's load_from)")
     parser.add_argument(
         '--work-dir',
         help="folder for the logs and metrics file (default: the config's work_dir, else "
@@ -67,8 +72,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.config):
         fail(f'config file not found: {args.config}')
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        fail(f'checkpoint not found: {args.checkpoint}')
+    from mmkat.hub import is_remote
+    if args.checkpoint and not is_remote(args.checkpoint) and '://' not in args.checkpoint \
+            and not osp.isfile(args.checkpoint):
+        fail(f'checkpoint not found: {args.checkpoint} (expected a file, a URL, hf_hub:OWNER/REPO or an mmkat '
+             'weights name from configs/kat/metafile.yml)')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         fail(f'--out must name a .pkl or .pickle file, got {args.out}')
     if args.out is not None and osp.exists(args.out) and not args.force:
@@ -86,7 +94,13 @@ def main(argv=None):
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if not cfg.get('test_dataloader') or not cfg.get('test_evaluator') or cfg.get('test_cfg') is None:
         fail('the config needs test_dataloader, test_evaluator and test_cfg to test a model')
-    cfg.load_from = args.checkpoint
+    checkpoint = args.checkpoint or cfg.get('load_from')
+    if not checkpoint:
+        fail(f'no checkpoint: give CHECKPOINT, or set load_from in {args.config}')
+    if not is_remote(checkpoint) and '://' not in checkpoint and not osp.isfile(checkpoint):
+        fail(f'checkpoint not found: {checkpoint} (expected a file, a URL, hf_hub:OWNER/REPO or an mmkat weights '
+             'name from configs/kat/metafile.yml)')
+    cfg.load_from = checkpoint
     cfg.resume = False
 
     from mmengine.evaluator import DumpResults
@@ -94,18 +108,19 @@ def main(argv=None):
     from mmkat.engine import data_errors_named, prepare_runner
     runner = prepare_runner(cfg, args.config, ('test_dataloader', ), 'tests on', fail)
 
-    if '://' not in args.checkpoint:  # a local file: does it fill the model? (mmengine only logs misses)
-        from mmkat.engine.checkpoint_fit import checkpoint_fit
-        try:
-            problems = checkpoint_fit(runner.model, args.checkpoint).problems()
-        except ValueError as e:
-            fail(str(e))
-        if problems and not args.allow_partial:
-            fail(f'{args.checkpoint} does not fit the model of {args.config}; its metrics would not be the '
-                 "checkpoint's:\n  " + '\n  '.join(problems) +
-                 '\n  (--allow-partial evaluates it anyway)')
-        for problem in problems:
-            print(f'{PROG}: warning (--allow-partial): {problem}', file=sys.stderr)
+    # does it fill the model? (mmengine only logs what it could not place)
+    from mmkat.engine.checkpoint_fit import checkpoint_fit
+    from mmkat.hub import WeightsError
+    try:
+        problems = checkpoint_fit(runner.model, checkpoint).problems()
+    except (ValueError, WeightsError) as e:
+        fail(str(e))
+    if problems and not args.allow_partial:
+        fail(f'{checkpoint} does not fit the model of {args.config}; its metrics would not be the '
+             "checkpoint's:\n  " + '\n  '.join(problems) +
+             '\n  (--allow-partial evaluates it anyway)')
+    for problem in problems:
+        print(f'{PROG}: warning (--allow-partial): {problem}', file=sys.stderr)
 
     if args.out is not None:
         out_dir = osp.dirname(osp.abspath(args.out))

@@ -1,9 +1,10 @@
-# Evaluate the released KAT-S ImageNet-1k weights (timm's kat_small_patch16_224) with mmpretrain.
-# Released files are timm state dicts; convert once to an mmpretrain checkpoint, then test:
-#   python tools/convert_checkpoint.py kat_small_patch16_224.pth checkpoints/kat_s_in1k_released.pth --task cls
-#   python tools/test.py configs/kat/kat_s_in1k_released.py checkpoints/kat_s_in1k_released.pth
+# Evaluate the released KAT-S ImageNet-1k weights (timm's kat_small_patch16_224) with mmpretrain:
+#   python tools/test.py configs/kat/kat_s_in1k_released.py
+# load_from names the weights (configs/kat/metafile.yml): the file is downloaded once into the torch hub cache,
+# checked against the sha256 in its name and read in mmpretrain's layout. The vitft weights (started from
+# ImageNet-21k ViT weights) use the same model: add kat-small-p16_3rdparty-vitft_in1k as CHECKPOINT.
 # Preprocessing matches the release: bicubic resize of the short side to 256 (crop_pct 0.875), centre crop 224,
 # ImageNet mean/std.
 _base_ = ['./kat_s_in1k.py']
 
-load_from = 'checkpoints/kat_s_in1k_released.pth'
+load_from = 'kat-small-p16_3rdparty_in1k'

@@ -6,7 +6,7 @@
 #   NNODES=2 NODE_RANK=0|1 MASTER_ADDR=... bash tools/dist_train.sh configs/kat/mask_rcnn_kat_b.py 8   # 2 x 8 GPUs
 #   bash tools/dist_train.sh configs/kat/mask_rcnn_kat_b.py 8 --cfg-options train_dataloader.batch_size=8  # 8 GPUs
 # With fewer images per iteration add --auto-scale-lr (lr scaled by images / 64; the 184,375 iterations then
-# cover fewer epochs). data/coco, and the checkpoint below, are expected.
+# cover fewer epochs). data/coco is expected; the released weights are downloaded on first use.
 #   python tools/test.py configs/kat/mask_rcnn_kat_b.py work_dirs/mask_rcnn_kat_b/iter_184375.pth   # bbox + segm mAP
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
@@ -14,9 +14,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmkat'], allow_failed_imports=False)
 
-# the released ImageNet-1k weights (timm's kat_base_patch16_224); change the path, or set it to None to start
-# from scratch. Read with weights_only=True; the classifier is dropped and the position embedding resized.
-pretrained = 'checkpoints/kat_base_patch16_224.pth'
+# the released ImageNet-1k weights (timm's kat_base_patch16_224) by name (configs/kat/metafile.yml): downloaded
+# once into the torch hub cache and checked against the sha256 in the file name. A path, URL or hf_hub:OWNER/REPO
+# works too; None starts from scratch. The classifier is dropped and the position embedding resized.
+pretrained = 'kat-base-p16_3rdparty_in1k'
 embed_dims = 768
 image_size = (1024, 1024)
 norm_cfg = dict(type='KATLayerNorm2d', requires_grad=True, eps=1e-6)

@@ -2,7 +2,7 @@
 #   python tools/train.py configs/kat/mask_rcnn_kat_s.py
 _base_ = ['./mask_rcnn_kat_b.py']
 
-pretrained = 'checkpoints/kat_small_patch16_224.pth'
+pretrained = 'kat-small-p16_3rdparty_in1k'
 embed_dims = 384
 model = dict(
     backbone=dict(arch='small', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

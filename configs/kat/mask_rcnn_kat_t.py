@@ -2,7 +2,7 @@
 #   python tools/train.py configs/kat/mask_rcnn_kat_t.py
 _base_ = ['./mask_rcnn_kat_b.py']
 
-pretrained = 'checkpoints/kat_tiny_patch16_224.pth'
+pretrained = 'kat-tiny-p16_3rdparty_in1k'
 embed_dims = 192
 model = dict(
     backbone=dict(arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=pretrained)),

@@ -13,9 +13,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmkat'], allow_failed_imports=False)
 
-# the released ImageNet-1k weights (timm's kat_base_patch16_224); change the path, or set it to None to start
-# from scratch. Read with weights_only=True; the classifier is dropped and the position embedding resized.
-pretrained = 'checkpoints/kat_base_patch16_224.pth'
+# the released ImageNet-1k weights (timm's kat_base_patch16_224) by name (configs/kat/metafile.yml): downloaded
+# once into the torch hub cache and checked against the sha256 in the file name. A path, URL or hf_hub:OWNER/REPO
+# works too; None starts from scratch. The classifier is dropped and the position embedding resized.
+pretrained = 'kat-base-p16_3rdparty_in1k'
 embed_dims = 768
 crop_size = (512, 512)
 num_classes = 150

@@ -40,13 +40,48 @@ def _history_buffer_getattr(obj, name):
     """
     from mmengine.logging import HistoryBuffer
 
-    if obj is HistoryBuffer and isinstance(name, str) and name in _HISTORY_BUFFER_METHODS:
+    # in a file, HistoryBuffer's global name resolves to its stand-in, _RestoredHistoryBuffer
+    if obj in (HistoryBuffer, _RestoredHistoryBuffer) and isinstance(name, str) and name in _HISTORY_BUFFER_METHODS:
         return HistoryBuffer.__dict__[name]
     owner = obj.__qualname__ if isinstance(obj, type) else type(obj).__name__ + ' object'
     raise pickle.UnpicklingError(
         f'weights_only load: getattr({owner}, {name!r}) in the file is not allowed. mmkat only allows '
         f'getattr(HistoryBuffer, name) for name in {_HISTORY_BUFFER_METHODS}, which mmengine checkpoints '
         'use.')
+
+
+class _RestoredHistoryBuffer:
+    """Stands in for ``HistoryBuffer`` while unpickling and restores one without touching the class.
+
+    ``HistoryBuffer.__setstate__`` copies the file's ``statistics_methods`` into the class-level
+    ``_statistics_methods`` dict, so a crafted file could rebind, say, ``'mean'`` to ``HistoryBuffer.max`` for
+    the whole process. Registered under HistoryBuffer's name on torch's allowlist, this class is what the
+    unpickler instantiates; its ``__setstate__`` accepts ``statistics_methods`` only when every entry is one of
+    HistoryBuffer's own four statistics under its own name (what mmengine writes), never updates the class
+    dict, and then turns the object into a plain ``HistoryBuffer``.
+    """
+
+    def __setstate__(self, state):
+        from mmengine.logging import HistoryBuffer
+
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f'weights_only load: a HistoryBuffer state must be a dict, got '
+                                         f'{type(state).__name__}')
+        state = dict(state)
+        methods = state.pop('statistics_methods', {})
+        if not isinstance(methods, dict) or any(
+                name not in _HISTORY_BUFFER_METHODS or method is not HistoryBuffer.__dict__[name]
+                for name, method in methods.items()):
+            shown = {k: getattr(v, '__qualname__', repr(v)) for k, v in dict(methods).items()} \
+                if isinstance(methods, dict) else methods
+            raise pickle.UnpicklingError(
+                f'weights_only load: the file gives HistoryBuffer the statistics methods {shown}; mmkat only allows '
+                f'each of {_HISTORY_BUFFER_METHODS} mapped to HistoryBuffer\'s own method of that name')
+        if '_statistics_methods' in state:
+            raise pickle.UnpicklingError('weights_only load: a HistoryBuffer state may not set _statistics_methods')
+        self.__class__ = HistoryBuffer
+        self._set_default_statistics()  # setdefault of the four defaults on the class: what __init__ does
+        self.__dict__.update(state)
 
 
 def _torch_supports_named_globals() -> bool:
@@ -62,9 +97,11 @@ def allow_mmengine_checkpoints() -> List[str]:
 
     Adds these globals to torch's weights-only allowlist (``torch.serialization.add_safe_globals``):
 
-    - ``mmengine.logging.history_buffer.HistoryBuffer``: the message hub's logged scalars. It is created
-      with ``__new__`` and filled through its ``__setstate__``, which only stores the state dict (whose
-      values come out of the same restricted unpickler) and the statistics methods below.
+    - ``mmengine.logging.history_buffer.HistoryBuffer``, as :class:`_RestoredHistoryBuffer`: the message
+      hub's logged scalars. The object is created with ``__new__`` and filled by a ``__setstate__`` that
+      stores the state dict (whose values come out of the same restricted unpickler), accepts only
+      HistoryBuffer's own statistics methods under their own names and never changes the class (mmengine's
+      own ``__setstate__`` would copy a file's methods into the class for the whole process).
     - ``builtins.getattr``, as :func:`_history_buffer_getattr`: resolves only
       ``getattr(HistoryBuffer, 'min' | 'max' | 'current' | 'mean')``, the form in which pickle writes
       HistoryBuffer's statistics methods. The real ``getattr`` stays off the allowlist.
@@ -101,10 +138,8 @@ def allow_mmengine_checkpoints() -> List[str]:
         from numpy._core import multiarray
     except ImportError:  # pragma: no cover - numpy < 1.26
         from numpy.core import multiarray
-    from mmengine.logging import HistoryBuffer
-
     entries = [
-        (HistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
+        (_RestoredHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
         (_history_buffer_getattr, 'builtins.getattr'),
         (np.ndarray, 'numpy.ndarray'),
         (np.dtype, 'numpy.dtype'),

@@ -27,13 +27,38 @@ class CheckpointError(ValueError):
     """A checkpoint without the content that was expected of it."""
 
 
+SAFETENSORS = 'safetensors'
+
+
+def file_format(path: str) -> str:
+    """'safetensors' for a safetensors file (an 8-byte header length, then a JSON header), else 'torch'."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if len(head) == 9 and head[:2] != b'PK' and head[8:9] == b'{':
+        return SAFETENSORS
+    return 'torch'
+
+
 def load_state_dict_file(path: str, map_location='cpu'):
-    """Load a checkpoint file as tensors only (``weights_only=True``; mmengine's training checkpoints load
-    too, through the allowlist ``import mmkat`` registers). Raises FileNotFoundError for a missing file and
+    """Load a checkpoint file as tensors only: a ``.safetensors`` file (recognised by its content) with
+    safetensors, any other with ``torch.load(weights_only=True)`` (mmengine's training checkpoints load too,
+    through the allowlist ``import mmkat`` registers). Raises FileNotFoundError for a missing file and
     RuntimeError, naming the file, for one that cannot be read."""
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint file not found: {path!r} (expected a .pth file of a released KAT, '
-                                'a timm ViT or an mmkat / OpenMMLab model)')
+        raise FileNotFoundError(f'checkpoint file not found: {path!r} (expected a .pth or .safetensors file of a '
+                                'released KAT, a timm ViT or an mmkat / OpenMMLab model)')
+    if file_format(path) == SAFETENSORS:
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise RuntimeError(f'{path} is a safetensors file; reading it needs safetensors '
+                               f'(pip install safetensors): {err}') from None
+        try:
+            device = map_location if isinstance(map_location, (str, torch.device)) else 'cpu'
+            return load_file(path, device=str(device))
+        except Exception as err:  # noqa: BLE001  (SafetensorError and friends)
+            raise RuntimeError(f'could not load {path} as a safetensors file ({type(err).__name__}: '
+                               f'{str(err).strip().splitlines()[0] if str(err).strip() else ""})') from err
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch raises UnpicklingError and friends)
@@ -110,6 +135,27 @@ def checkpoint_kind(state_dict: Dict[str, torch.Tensor]) -> str:
     return 'unknown'
 
 
+SIZES = {(192, 12): 'KAT-T / ViT-T', (384, 12): 'KAT-S / ViT-S', (768, 12): 'KAT-B / ViT-B'}
+
+
+def checkpoint_size(state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[int], int]:
+    """(width, depth) of a backbone state dict in KAT's key names: the patch embedding's output channels
+    (None without one) and the number of blocks."""
+    proj = state_dict.get('patch_embed.proj.weight')
+    dims = int(proj.shape[0]) if proj is not None and proj.dim() == 4 else None
+    blocks = {int(k.split('.')[1]) for k in state_dict if k.startswith('blocks.') and k.split('.')[1].isdigit()}
+    return dims, (max(blocks) + 1 if blocks else 0)
+
+
+def size_name(dims: Optional[int], depth: int, kind: str = 'kat') -> str:
+    """'KAT-S (384-dim, 12 blocks)' for the released sizes, '64-dim, 4 blocks' for others."""
+    shape = f'{dims}-dim, {depth} blocks'
+    known = SIZES.get((dims, depth))
+    if known is None:
+        return shape
+    return f'{known.split(" / ")[0 if kind == "kat" else 1]} ({shape})'
+
+
 def backbone_state_dict(checkpoint: dict,
                         prefer_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Union[str, List[str]]]]:
     """The backbone part of a released KAT / timm ViT / mmkat checkpoint, in KAT's key names.
@@ -163,3 +209,26 @@ def to_openmmlab_checkpoint(checkpoint: dict, task: str, prefer_ema: bool = Fals
                 kind=report['kind'], found_in=report['source'], embed_dims=int(backbone['cls_token'].shape[-1])
                 if 'cls_token' in backbone else None, num_layers=len(blocks))
     return dict(state_dict=state_dict, meta=meta)
+
+
+def is_released_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """A KAT / timm ViT state dict in timm's key names (``blocks.0.attn.qkv.weight`` at the top level, after
+    DDP's ``module.``), as opposed to an OpenMMLab model's (``backbone.blocks...``)."""
+    keys = strip_prefixes(state_dict, ('module.', ))
+    return checkpoint_kind(keys) != 'unknown'
+
+
+def openmmlab_layout(checkpoint, source: str = '') -> dict:
+    """``checkpoint`` as an OpenMMLab model loads it: a released KAT / timm ViT state dict becomes
+    :func:`to_openmmlab_checkpoint`'s (the classifier as ``head.fc`` when it has one, else the backbone
+    only); anything else is returned unchanged."""
+    if not isinstance(checkpoint, Mapping):
+        return checkpoint
+    try:
+        state_dict, _ = unwrap_state_dict(checkpoint)
+    except CheckpointError:
+        return checkpoint
+    if not is_released_layout(state_dict):
+        return checkpoint
+    task = 'cls' if classifier_state_dict(checkpoint) is not None else 'det'
+    return to_openmmlab_checkpoint(checkpoint, task, source=source)

@@ -167,7 +167,8 @@ def test_imagenet_config_holds_the_released_recipe(letter, arch, drop_path, dims
         assert test['CenterCrop']['crop_size'] == 224
 
     if released:
-        assert cfg.load_from == f'checkpoints/kat_{letter}_in1k_released.pth'
+        size = {'t': 'tiny', 's': 'small', 'b': 'base'}[letter]
+        assert cfg.load_from == f'kat-{size}-p16_3rdparty_in1k'  # a weights name of configs/kat/metafile.yml
         # otherwise the very same config as the training recipe
         recipe = load(osp.join(CONFIG_DIR, 'kat', f'kat_{letter}_in1k.py')).to_dict()
         mine = cfg.to_dict()

@@ -64,7 +64,7 @@ def test_mask_rcnn_config_holds_the_vitdet_recipe(path):
     b = cfg.model.backbone
     assert (b.type, b.arch, b.img_size, b.out_type, b.with_cls_token) == ('KAT', arch, 1024, 'featmap', False)
     assert (b.window_size, list(b.global_attn_indexes), b.use_rel_pos) == (14, [2, 5, 8, 11], True)
-    assert b.init_cfg == dict(type='Pretrained', checkpoint=f'checkpoints/kat_{arch}_patch16_224.pth')
+    assert b.init_cfg == dict(type='Pretrained', checkpoint=f'kat-{arch}-p16_3rdparty_in1k')
     assert cfg.model.neck.type == 'KATSimpleFPN' and cfg.model.neck.backbone_channel == dims
     assert cfg.model.neck.get('in_channels') is None and cfg.model.neck.num_outs == 5  # derived by the neck
     ow = cfg.optim_wrapper

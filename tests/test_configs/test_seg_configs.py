@@ -77,7 +77,7 @@ def test_upernet_config_holds_the_mmseg_vit_recipe(path):
     b = m.backbone
     got = (b.type, b.arch, b.img_size, b.out_type, tuple(b.out_indices))
     assert got == ('KAT', arch, 512, 'featmap', (2, 5, 8, 11))
-    assert b.init_cfg == dict(type='Pretrained', checkpoint=f'checkpoints/kat_{arch}_patch16_224.pth')
+    assert b.init_cfg == dict(type='Pretrained', checkpoint=f'kat-{arch}-p16_3rdparty_in1k')
     assert m.pretrained is None
     assert (m.neck.type, list(m.neck.in_channels), m.neck.out_channels, list(m.neck.scales)) == (
         'MultiLevelNeck', [dims] * 4, dims, [4, 2, 1, 0.5])

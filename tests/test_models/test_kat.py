@@ -158,6 +158,10 @@ def test_out_indices_validation_names_the_range():
     (dict(window_size=2), ValueError, 'with_cls_token=False'),
     (dict(rational=dict(group=8)), KeyError, 'unknown rational options'),
     (dict(rational=dict(impl='fast')), ValueError, 'impl'),
+    (dict(rational=dict(groups=0)), ValueError, r'rational.groups must be a positive int .* got 0'),
+    (dict(drop_path_rate=-0.5), ValueError, r'drop_path_rate must be a number in \[0, 1\), got -0.5'),
+    (dict(drop_path_rate=2), ValueError, r'drop_path_rate must be a number in \[0, 1\), got 2'),
+    (dict(attn_drop_rate=1.0), ValueError, 'attn_drop_rate'),
     (dict(img_size=4), ValueError, 'smaller than one patch'),
     (dict(arch=dict(embed_dims=36, num_layers=1, num_heads=2)), ValueError, 'divisible by the rational groups'),
 ])
@@ -346,12 +350,12 @@ def test_pretrained_none_means_no_pretraining_and_trains():
 
 
 def test_pretrained_map_location_is_used(tmp_path, monkeypatch):
-    import mmkat.models.backbones.kat as kat_module
+    import mmkat.models.checkpoint as checkpoint_module
     path = tmp_path / 'ckpt.pth'
     torch.save({'state_dict': released_like_state_dict()}, path)
     seen = []
-    real = kat_module.load_state_dict_file
-    monkeypatch.setattr(kat_module, 'load_state_dict_file',
+    real = checkpoint_module.load_state_dict_file
+    monkeypatch.setattr(checkpoint_module, 'load_state_dict_file',
                         lambda p, map_location='cpu': seen.append(map_location) or real(p, map_location=map_location))
     def to_cpu(storage, location):
         return storage

@@ -16,7 +16,7 @@ from mmengine.registry import MODELS
 from torch import nn
 
 from mmkat.ops import IMPLEMENTATIONS
-from ..checkpoint import backbone_state_dict, load_state_dict_file
+from ..checkpoint import backbone_state_dict, checkpoint_size, size_name
 from ..layers.attention import resize_relative_table
 from ..layers.block import KATBlock
 from ..layers.group_rational import GroupRational
@@ -170,6 +170,10 @@ class KAT(BaseModule):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_extra_tokens, dims))
         self.pos_drop = nn.Dropout(drop_rate)
 
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+                raise ValueError(f'KAT: {name} must be a number in [0, 1), got {rate!r}')
         rates = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
         self.blocks = nn.ModuleList()
         for i in range(self.num_layers):
@@ -229,6 +233,9 @@ class KAT(BaseModule):
         if unknown:
             raise KeyError(f'KAT: unknown rational options {sorted(unknown)}; expected {sorted(options)}')
         options.update(rational or {})
+        groups = options['groups']
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f'KAT: rational.groups must be a positive int (8 in the released models), got {groups!r}')
         if options['impl'] not in IMPLEMENTATIONS:
             raise ValueError(f"KAT: rational impl must be one of {IMPLEMENTATIONS}, got {options['impl']!r}")
         return options
@@ -253,7 +260,8 @@ class KAT(BaseModule):
             self.init_from_scratch(attention=False)
             self.load_pretrained(pretrained['checkpoint'], prefer_ema=pretrained.get('prefer_ema', False),
                                  allow_missing=pretrained.get('allow_missing', False),
-                                 map_location=pretrained.get('map_location', 'cpu'))
+                                 map_location=pretrained.get('map_location', 'cpu'),
+                                 check_digest=pretrained.get('check_digest', True))
             self._is_init = True
 
     def _pretrained_cfg(self) -> Optional[dict]:
@@ -264,10 +272,11 @@ class KAT(BaseModule):
         if pretrained:
             if len(cfgs) > 1:
                 raise ValueError('KAT: a Pretrained init_cfg cannot be combined with other init types')
-            extra = set(pretrained[0]) - {'type', 'checkpoint', 'prefer_ema', 'map_location', 'allow_missing'}
+            extra = set(pretrained[0]) - {'type', 'checkpoint', 'prefer_ema', 'map_location', 'allow_missing',
+                                          'check_digest'}
             if extra or 'checkpoint' not in pretrained[0]:
-                raise KeyError(f"KAT: init_cfg=dict(type='Pretrained', checkpoint=PATH[, prefer_ema=False, "
-                               f'allow_missing=False]), got {pretrained[0]}')
+                raise KeyError(f"KAT: init_cfg=dict(type='Pretrained', checkpoint=PATH_URL_OR_NAME[, "
+                               f'prefer_ema=False, allow_missing=False, check_digest=True]), got {pretrained[0]}')
             return pretrained[0]
         return None
 
@@ -298,8 +307,11 @@ class KAT(BaseModule):
             self.norm.reset_parameters()
 
     def load_pretrained(self, checkpoint: Union[str, dict], prefer_ema: bool = False, allow_missing: bool = False,
-                        map_location='cpu') -> Dict[str, list]:
-        """Load a released KAT / timm ViT / mmkat checkpoint (path or loaded dict) into this backbone.
+                        map_location='cpu', check_digest: bool = True) -> Dict[str, list]:
+        """Load a released KAT / timm ViT / mmkat checkpoint into this backbone: a loaded dict, or any weights
+        reference of :mod:`mmkat.hub` (a .pth or .safetensors path, an http(s) URL, ``hf_hub:OWNER/REPO``, an
+        mmkat weights name such as ``kat-small-p16_3rdparty_in1k``), downloaded into the cache once and
+        checked against the digest its file name carries unless ``check_digest=False``.
 
         Classifier keys are dropped, the position embedding and relative tables are resized, unexpected keys
         are logged. Refused: any shape mismatch, NaN or inf in a tensor, and a checkpoint that leaves backbone
@@ -309,7 +321,8 @@ class KAT(BaseModule):
         """
         source = checkpoint if isinstance(checkpoint, str) else '<dict>'
         if isinstance(checkpoint, str):
-            checkpoint = load_state_dict_file(checkpoint, map_location=map_location)
+            from mmkat.hub import read_weights
+            checkpoint = read_weights(checkpoint, map_location=map_location, check_digest=check_digest)
         state_dict, report = backbone_state_dict(checkpoint, prefer_ema)
         if report['kind'] == 'kat' and self.mlp != 'kan':
             raise ValueError(f"KAT: {source} is a KAT checkpoint but this backbone has mlp='gelu'")
@@ -346,21 +359,13 @@ class KAT(BaseModule):
 
     def _check_checkpoint_size(self, state_dict: Dict[str, torch.Tensor], source: str) -> None:
         """A checkpoint of another width or depth: say which size it is, not a list of shape mismatches."""
-        proj = state_dict.get('patch_embed.proj.weight')
-        dims = int(proj.shape[0]) if proj is not None and proj.dim() == 4 else None
-        blocks = [int(k.split('.')[1]) for k in state_dict if k.startswith('blocks.') and k.split('.')[1].isdigit()]
-        depth = max(blocks) + 1 if blocks else self.num_layers
+        dims, depth = checkpoint_size(state_dict)
+        depth = depth or self.num_layers
         # fewer blocks than the model: the unloaded-tensor check below lists them (and allow_missing applies)
         if (dims is None or dims == self.embed_dims) and depth <= self.num_layers:
             return
-
-        sizes = {(self.arch_zoo[n]['embed_dims'], self.arch_zoo[n]['num_layers']): n for n in ('tiny', 'small', 'base')}
-
-        def name(d, n):
-            return f"{sizes[(d, n)]} ({d}-dim, {n} blocks)" if (d, n) in sizes else f'{d}-dim, {n} blocks'
-
-        raise ValueError(f'KAT: {source} is a {name(dims or self.embed_dims, depth)} checkpoint, but this '
-                         f'backbone is {name(self.embed_dims, self.num_layers)}: pick the matching arch '
+        raise ValueError(f'KAT: {source} is a {size_name(dims or self.embed_dims, depth)} checkpoint, but this '
+                         f'backbone is {size_name(self.embed_dims, self.num_layers)}: pick the matching arch '
                          "(model.backbone.arch='tiny' | 'small' | 'base') or the matching file")
 
     def _resize_on_load(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
