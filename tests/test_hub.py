@@ -390,3 +390,23 @@ def test_test_py_evaluates_a_url_given_as_load_from_and_names_a_released_local_f
                          cwd=ROOT, env=dict(os.environ), timeout=600)
     assert out.returncode == 1
     assert 'released KAT / timm ViT state dict' in out.stderr and 'convert_checkpoint.py' in out.stderr
+
+
+def test_train_py_names_the_option_when_the_backbone_weights_cannot_be_had(hub_env):
+    """A pretrained reference that cannot be downloaded, or a file refused by its digest, stops tools/train.py
+    with one line naming model.backbone.init_cfg.checkpoint, before the work dir is written."""
+    data = pth_bytes(released_like_state_dict(dims=64, layers=4, grid=8, classes=8, patch=4))
+    config = osp.join(ROOT, 'configs', 'kat', 'demo', 'kat_demo_shapes.py')
+    with LoopbackFileServer() as server:
+        server.files['/' + digest_named('kat_demo', b'other bytes')] = data
+        for url, expected in ((f'{server.url}/gone.pth', 'HTTP 404'),
+                              (f"{server.url}/{digest_named('kat_demo', b'other bytes')}", 'sha256')):
+            out = subprocess.run(
+                [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', str(hub_env / 'work'),
+                 '--cfg-options', 'model.backbone.init_cfg.type=Pretrained',
+                 f'model.backbone.init_cfg.checkpoint={url}'],
+                capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=600)
+            assert out.returncode == 1, out.stderr[-2000:]
+            assert 'model.backbone.init_cfg.checkpoint:' in out.stderr and expected in out.stderr
+            assert 'Traceback' not in out.stderr
+    assert not (hub_env / 'work').exists()

@@ -249,6 +249,152 @@ def resolve_resume(cfg, args):
     cfg.resume = False  # the config's resume=True with nothing there yet: a fresh start, nothing to lose
 
 
+def _reason(error: BaseException) -> str:
+    """``Type: the informative line`` of a failed load (torch's weights-only refusal names the refused global
+    a few lines down; its first lines are advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if 'GLOBAL' in line or 'Unsupported global' in line]
+    line = (named or lines or [''])[0]
+    if len(line) > 160 and '. ' in line:
+        line = line[:line.index('. ') + 1]  # torch's long 'failed finding central directory. This is ...'
+    return f'{type(error).__name__}: {line}' if line else type(error).__name__
+
+
+def _load_local_checkpoint(path):
+    """torch.load ``path`` as mmengine will (torch's default weights_only, with the allowlist ``import mmkat``
+    registered), memory-mapped where the file is in torch's zip format, so a large checkpoint costs little."""
+    import zipfile
+
+    import torch
+    return torch.load(path, map_location='cpu', mmap=zipfile.is_zipfile(path))
+
+
+def pretrained_references(node, path='model'):
+    """(config path, init_cfg) of every ``Pretrained`` init_cfg of a KAT module in the model config."""
+    found = []
+    if isinstance(node, dict):
+        init_cfg = node.get('init_cfg')
+        if node.get('type') in ('KAT', 'mmkat.KAT') and isinstance(init_cfg, dict) and \
+                init_cfg.get('type') == 'Pretrained' and init_cfg.get('checkpoint'):
+            found.append((f'{path}.init_cfg.checkpoint', init_cfg))
+        for key, value in node.items():
+            found += pretrained_references(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            found += pretrained_references(value, f'{path}.{i}')
+    return found
+
+
+def check_pretrained(cfg):
+    """Fetch and read the weights a KAT backbone starts from (``init_cfg=dict(type='Pretrained', ...)``) before
+    anything is built or written: a failed download, a digest mismatch or a file that cannot be read stops the
+    tool with one line naming the option, instead of a traceback once training has set up. The downloaded
+    file stays in the cache, where the model then reads it."""
+    from mmkat.hub import WeightsError, read_weights
+    for where, init_cfg in pretrained_references(cfg.get('model')):
+        try:
+            read_weights(init_cfg['checkpoint'], check_digest=init_cfg.get('check_digest', True))
+        except (WeightsError, FileNotFoundError, RuntimeError) as e:
+            fail(f'{where}: {e}')
+
+
+def check_checkpoint(cfg):
+    """Read the checkpoint the run will load (``--resume``'s, or the config's ``load_from``) before anything is
+    built or written, so that one that cannot be read stops the tool with one line naming it. Returns the
+    checkpoint's ``meta`` dict when it has one, else None."""
+    ref = cfg.get('load_from')
+    if not ref or not isinstance(ref, str):
+        return None
+    what = '--resume' if cfg.get('resume') else 'load_from'
+    import pickle
+
+    from mmkat.hub import WeightsError, handled_by_mmkat
+    if handled_by_mmkat(ref) or ref.startswith(('http://', 'https://')):
+        # a weights name, hf_hub:, .safetensors or URL: fetched (once, into the cache the run then reads) and
+        # digest-checked by mmkat.hub, or by mmengine's loader for other URLs
+        from mmkat.engine.checkpoint_fit import read_state_dict
+        try:
+            read_state_dict(ref)
+        except (ValueError, WeightsError) as e:
+            fail(f'{what}: {e}')
+        except (pickle.UnpicklingError, EOFError) as e:
+            fail(f'{what}: {ref}: could not be read as a checkpoint ({_reason(e)})')
+        return None
+    if '://' in ref:  # another remote storage: read by mmengine's file backends when the run starts
+        return None
+    if not osp.isfile(ref):
+        fail(f'{what}: checkpoint not found: {ref}')
+    try:
+        checkpoint = _load_local_checkpoint(ref)
+    except pickle.UnpicklingError as e:  # refused by weights_only, or a broken pickle
+        fail(f'{ref}: could not be read as a checkpoint ({_reason(e)})')
+    except Exception as e:  # any other failure to read it: truncated, not a torch file
+        import zipfile
+        what_it_is = '' if zipfile.is_zipfile(ref) else 'not a file torch.save wrote, or only part of one: '
+        fail(f'{ref}: could not be read as a checkpoint ({what_it_is}{_reason(e)})')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    if cfg.get('resume') and not (isinstance(meta, dict) and 'epoch' in meta and 'iter' in meta):
+        fail(f'{ref}: --resume needs a training checkpoint (one that records the epoch and iteration it was saved '
+             f'at), and this file does not record them; to train from its weights instead, pass --cfg-options '
+             f'load_from={ref}')
+    return meta if isinstance(meta, dict) else None
+
+
+def take_resumed_seed(cfg, meta):
+    """A resumed run of a config without a fixed ``randomness.seed`` uses the seed of the run it continues.
+
+    mmengine restores that seed only once the data loader is built (and then re-seeds the generators that
+    the checkpoint's states were restored into), so its sampler would shuffle by a new random seed."""
+    if not cfg.get('resume') or not meta or meta.get('seed') is None:
+        return
+    randomness = dict(cfg.get('randomness') or {})
+    if randomness.get('seed') is not None:
+        return
+    randomness['seed'] = meta['seed']
+    cfg.randomness = randomness
+    print(f"{PROG}: resume: the config's randomness.seed is None; using the resumed run's seed, {meta['seed']}",
+          file=sys.stderr)
+
+
+def _loop_kind(cfg) -> str:
+    """'epoch' or 'iter' for mmengine's EpochBasedTrainLoop / IterBasedTrainLoop (by type, else by_epoch), else ''."""
+    train_cfg = cfg.get('train_cfg') or {}
+    kind = train_cfg.get('type')
+    if kind is None:
+        return 'epoch' if train_cfg.get('by_epoch', 'max_epochs' in train_cfg) else 'iter'
+    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    return {'EpochBasedTrainLoop': 'epoch', 'IterBasedTrainLoop': 'iter'}.get(kind.split('.')[-1], '')
+
+
+def resume_exactness_warning(cfg) -> str:
+    """Why a resumed run will not end bitwise as the uninterrupted run would have, where the config says so;
+    else ''. (The README's 'Checkpoints and resuming' lists what resumes bitwise.)
+
+    * an epoch-based run whose train_dataloader keeps its worker processes (``persistent_workers=True``,
+      ``num_workers`` > 0): each worker's random generators run on from epoch to epoch, inside the worker, where
+      no checkpoint can take them from, so the resumed run's fresh workers draw other augmentations. Without
+      persistent workers, every epoch starts new workers seeded from the config's seed, in a resumed run too.
+    * an iteration-based run that loads its data in the main process (``num_workers=0``): mmengine skips the
+      batches already trained by reading them again, and their augmentations draw from the random generators
+      the checkpoint restored. With workers, that replay happens in freshly seeded workers, as it first did."""
+    loader = cfg.get('train_dataloader') or {}
+    workers = loader.get('num_workers') or 0
+    kind = _loop_kind(cfg)
+    if kind == 'epoch' and workers > 0 and loader.get('persistent_workers'):
+        return (f'train_dataloader has persistent_workers=True with num_workers={workers}: its workers carry '
+                'their random generators from epoch to epoch and no checkpoint holds them, so the resumed run draws '
+                'other data augmentations than the uninterrupted run would have (same recipe, not bitwise the '
+                'same weights). Runs trained with --cfg-options train_dataloader.persistent_workers=False from the '
+                'start resume bitwise')
+    if kind == 'iter' and workers == 0:
+        return ('an iteration-based run with train_dataloader.num_workers=0: mmengine skips the batches already '
+                'trained by loading them again in this process, which draws from the random generators the '
+                'checkpoint restored, so the resumed run draws other random numbers than the uninterrupted run '
+                'would have (same recipe, not bitwise the same weights). Runs trained with --cfg-options '
+                'train_dataloader.num_workers=N (N >= 1) from the start resume bitwise')
+    return ''
+
+
 def use_safe_checkpoint_hook(cfg):
     """Put mmkat's KATCheckpointHook (atomic saves, nothing deleted at resume) in place of CheckpointHook."""
     hook = (cfg.get('default_hooks') or {}).get('checkpoint')
@@ -307,15 +453,29 @@ def main(argv=None):
              'to train on the CPU. Drop --amp to train in fp32.')
     guard_work_dir(cfg, args)
     resolve_resume(cfg, args)
+    meta = check_checkpoint(cfg)
+    take_resumed_seed(cfg, meta)
     use_safe_checkpoint_hook(cfg)
-    warning = schedule_mismatch(cfg)
-    if warning:
+    warnings = [schedule_mismatch(cfg)]
+    if cfg.get('resume'):
+        warnings.append(resume_exactness_warning(cfg))
+    for warning in filter(None, warnings):
         print(f'{PROG}: warning: {warning}', file=sys.stderr)
     loaders = ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg') is not None else ('train_dataloader', )
-    runner = prepare_runner(cfg, args.config, loaders, 'trains on', fail)
-    lock_work_dir(cfg)  # after the data checks: a run that cannot start leaves no work dir behind
-    with data_errors_named(cfg, fail):
-        runner.train()
+    # the lock after the data checks (a run that cannot start leaves no work dir behind) and before the runner
+    # is built (its constructor writes the config copy and a log folder into the work dir)
+    # the backbone's pretrained weights fetched once the data is known to be there (a download takes a while)
+    def before_build():
+        check_pretrained(cfg)
+        lock_work_dir(cfg)
+
+    runner = prepare_runner(cfg, args.config, loaders, 'trains on', fail, before_build=before_build)
+    from mmkat.engine.hooks import CheckpointSaveError
+    try:
+        with data_errors_named(cfg, fail):
+            runner.train()
+    except CheckpointSaveError as e:
+        fail(str(e))
 
 
 if __name__ == '__main__':

@@ -13,6 +13,9 @@ one resumes from the original folder. This hook, which ``tools/train.py`` puts i
   (when it lies inside it);
 * removes an old checkpoint only after the new one is complete, and never at resume time (the ones a
   smaller ``max_keep_ckpts`` would drop are kept, and the log says so);
+* when a save fails with an OSError (a full disk, a quota), removes the partial file it was writing, so
+  that it does not keep the disk full, and raises :class:`CheckpointSaveError`, whose message names the
+  last complete checkpoint to resume from;
 * stores the random number generators' states (python, numpy, torch CPU and CUDA, of every rank) in each
   checkpoint and restores them on resume, so an interrupted and resumed run takes the same random draws
   (drop path, augmentation in the main process) as an uninterrupted one. For that, validation leaves the
@@ -48,13 +51,38 @@ def _set_rng_states(state: dict) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (an OSError such as a full disk). The message says which, why, and
+    which checkpoint is the last complete one; the partial file has been removed."""
+
+
+def _remove_quietly(path: str):
+    """Remove ``path`` if it is there: True when removed, None when it was not there, False when it could not be."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    return True
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, 'rb') as f:
+        os.fsync(f.fileno())
+
+
 def _atomic_write_text(path: str, text: str) -> None:
     tmp = f'{path}.partial'
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
 
 
 def last_checkpoint_entry(checkpoint: str, work_dir: str) -> str:
@@ -131,18 +159,58 @@ class KATCheckpointHook(CheckpointHook):
         from mmengine.dist import all_gather_object, get_world_size
         states = _rng_states()  # collective: every rank calls this method
         self._gathered_rng = all_gather_object(states) if get_world_size() > 1 else [states]
-        runner.save_checkpoint(self.out_dir, partial, self.file_client_args, save_optimizer=self.save_optimizer,
-                               save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
-                               backend_args=self.backend_args, **self.args)
-        if not is_main_process():
-            return
-        os.replace(osp.join(self.out_dir, partial), final)
-        _atomic_write_text(osp.join(runner.work_dir, 'last_checkpoint'),
-                           last_checkpoint_entry(final, runner.work_dir))
+        partial_path = osp.join(self.out_dir, partial)
+        marker = osp.join(runner.work_dir, 'last_checkpoint')
+        previous = _last_complete(runner.work_dir) if is_main_process() else None  # before this save
+        written = False
+        try:
+            runner.save_checkpoint(self.out_dir, partial, self.file_client_args, save_optimizer=self.save_optimizer,
+                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
+                                   by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+            if not is_main_process():
+                return
+            _fsync_file(partial_path)  # where a full disk shows only when the data reaches it
+            os.replace(partial_path, final)
+            written = True
+            _atomic_write_text(marker, last_checkpoint_entry(final, runner.work_dir))
+        except BaseException as e:
+            removed = _remove_quietly(partial_path) if is_main_process() else None
+            if not isinstance(e, OSError) or not is_main_process():
+                raise
+            raise CheckpointSaveError(_save_failure_message(final, partial_path, marker, e, removed, written,
+                                                            previous)) from e
         if drop is not None and drop != step:
             old = osp.join(self.out_dir, self.filename_tmpl.format(drop))
             if osp.isfile(old):
                 os.remove(old)
+
+
+def _last_complete(work_dir: str):
+    """The checkpoint ``<work_dir>/last_checkpoint`` names (a relative entry made absolute), if it is a file."""
+    try:
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            entry = f.read().strip()
+    except OSError:
+        return None
+    if not entry or '://' in entry:
+        return entry or None
+    path = entry if osp.isabs(entry) else osp.join(work_dir, entry)
+    return path if osp.isfile(path) else None
+
+
+def _save_failure_message(final, partial_path, marker, error, removed, written, previous) -> str:
+    reason = error.strerror or str(error) or type(error).__name__
+    if written:  # the checkpoint is complete; only last_checkpoint could not be updated
+        return (f'the checkpoint {final} was written, but {marker} could not be updated ({reason}); {final} is '
+                f'the last complete checkpoint: once there is space again, continue with --resume {final}')
+    cleanup = {True: f'; the partial file {partial_path} was removed',
+               False: f'; the partial file {partial_path} could not be removed, delete it by hand',
+               None: ''}[removed]
+    if previous:
+        last = f'the last complete checkpoint is {previous}: once there is space again, continue from it with --resume'
+    else:
+        last = 'there is no complete checkpoint of this run yet'
+    return f'could not write the checkpoint {final} ({reason}){cleanup}; {last}'
 
 
 def checkpoint_is_complete(path: str) -> bool:
