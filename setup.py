@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import sys
-
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -2,17 +2,21 @@
 # The README's picture of the demo detector's and segmentor's predictions (docs/demo_predictions.png):
 # tools/infer.py with each checkpoint on validation scenes, then the input, the detector's drawing and the
 # segmentor's drawing side by side, one scene per row.
-#   bash benchmarks/demo_pictures.sh DET_CKPT SEG_CKPT OUT.png SCENE.png [SCENE.png ...]
+#   bash benchmarks/demo_pictures.sh DET_CKPT SEG_CKPT OUT.png SCENE [SCENE ...]
 # e.g. after training both demos (README): bash benchmarks/demo_pictures.sh \
 #   work_dirs/mask_rcnn_kat_demo/epoch_4.pth work_dirs/upernet_kat_demo/iter_800.pth docs/demo_predictions.png \
-#   data/kat_demo_scenes/images/val/000000.png
+#   data/kat_demo_scenes/images/val/000000.jpg
+# PYTHON defaults to .venv/bin/python, else python3.
 set -euo pipefail
-det=${1:?usage: demo_pictures.sh DET_CKPT SEG_CKPT OUT.png SCENE.png...}
+det=${1:?usage: demo_pictures.sh DET_CKPT SEG_CKPT OUT.png SCENE...}
 seg=${2:?}; out=${3:?}; shift 3
-[ $# -gt 0 ] || { echo "demo_pictures.sh: no SCENE.png given" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "demo_pictures.sh: no SCENE given" >&2; exit 2; }
 [ ! -e "$out" ] || { echo "demo_pictures.sh: $out exists; not replacing it" >&2; exit 1; }
-PYTHON=${PYTHON:-.venv/bin/python}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 "$PYTHON" tools/infer.py configs/kat/demo/mask_rcnn_kat_demo.py "$det" "$@" --out "$tmp/det" --device cpu
 "$PYTHON" tools/infer.py configs/kat/demo/upernet_kat_demo.py "$seg" "$@" --out "$tmp/seg" --device cpu
 "$PYTHON" - "$tmp" "$out" "$@" <<'PY'
@@ -36,4 +40,3 @@ for i, row in enumerate(rows):
 sheet.save(out)
 print(f'wrote {out}')
 PY
-rm -rf "$tmp"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Repeated Fashion-MNIST runs: every CONFIG with every seed, through tools/train.py, PARALLEL runs at a time.
 # Each run gets its own work dir OUT/<config name>_seed<S> (a run whose work dir exists is skipped) and a
-# wall.txt there with its exit status and wall time; tools/summarize_cls_runs.py makes the table and plot.
+# wall.txt there with its exit status and wall time; OUT/command.txt gets the command line (one line per
+# invocation), which tools/summarize_cls_runs.py --out records with the table; it also makes the plot.
 #   SEEDS="0 1 2" PARALLEL=2 THREADS=1 bash benchmarks/fmnist_seeds.sh OUT CONFIG... [-- TRAIN_ARGS...]
 # TRAIN_ARGS follow `--cfg-options randomness.seed=S` (more key=value pairs, then flags such as --amp);
 # TIME_LIMIT=SECONDS stops a run that takes longer (its wall.txt then says rc=124).
@@ -27,6 +28,11 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 mkdir -p "$out"
+{ printf 'SEEDS="%s" PARALLEL=%s THREADS=%s %sbash benchmarks/fmnist_seeds.sh' "$SEEDS" "$PARALLEL" "$THREADS" \
+    "${TIME_LIMIT:+TIME_LIMIT=$TIME_LIMIT }"
+  printf ' %q' "$out" "${configs[@]}"
+  [ ${#train_args[@]} -eq 0 ] || { printf ' --'; printf ' %q' "${train_args[@]}"; }
+  echo; } >> "$out/command.txt"
 
 run_one() {  # config seed
   local name dir start rc
@@ -40,7 +46,7 @@ run_one() {  # config seed
   OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS ${TIME_LIMIT:+timeout $TIME_LIMIT} "$PYTHON" tools/train.py "$1" --work-dir "$dir" \
     --cfg-options randomness.seed="$2" "${train_args[@]}" > "$out/$name.log" 2>&1
   rc=$?
-  echo "rc=$rc wall_s=$(( $(date +%s) - start )) config=$1 seed=$2" > "$dir/wall.txt" 2>/dev/null ||
+  echo "rc=$rc wall_s=$(( $(date +%s) - start )) config=$1 seed=$2" 2>/dev/null > "$dir/wall.txt" ||
     echo "rc=$rc wall_s=$(( $(date +%s) - start )) config=$1 seed=$2 (no work dir)" > "$out/$name.wall.txt"
   echo "$name: $(cat "$dir/wall.txt" 2>/dev/null)"
 }

@@ -14,7 +14,7 @@ names, ``hf_hub:``, ``.safetensors``, digest-named URLs; see :mod:`mmkat.hub`).
 from . import datasets, engine, hub, models, ops  # noqa: F401  (registers the modules)
 from .models import KAT, GroupRational
 from .ops import group_rational
-from .utils.model_index import register_when_mmpretrain_loads
+from .utils.model_index import register_model_names
 from .version import __version__
 
 engine.allow_mmengine_checkpoints()
@@ -22,6 +22,6 @@ engine.allow_mmengine_checkpoints()
 # references and .safetensors files, and check digests, through mmkat.hub
 hub.register_checkpoint_schemes()
 # mmpretrain's get_model / list_models / inference_model know mmkat's models by name (configs/kat/metafile.yml)
-register_when_mmpretrain_loads()
+register_model_names()
 
 __all__ = ['KAT', 'GroupRational', 'group_rational', '__version__']

@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import needs
 from tests.hub_servers import FakeHFEndpoint, LoopbackFileServer
-from tests.test_models.test_kat import released_like_state_dict, small_kat
+from tests.test_models.test_backbones.test_kat import released_like_state_dict, small_kat
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RELEASED_NAMES = [f'kat-{size}-p16_3rdparty{ft}_in1k' for size in ('tiny', 'small', 'base') for ft in ('', '-vitft')]
@@ -284,9 +284,9 @@ def test_mmengine_load_checkpoint_reads_digest_urls_and_safetensors_in_the_openm
 
 @needs('mmpretrain')
 def test_get_model_takes_a_weights_url_and_refuses_a_file_that_is_not_the_published_one(hub_env, monkeypatch):
-    import mmkat  # noqa: F401
     from mmpretrain import get_model
 
+    import mmkat  # noqa: F401
     from mmkat.hub import WeightsError, url_file_name, weight_names
 
     sd = released_like_state_dict(dims=192, layers=12, grid=14, classes=1000, patch=16)

@@ -20,17 +20,17 @@ training step of a tiny KAT and its GELU twin (12 blocks of width 64, 5 tokens, 
 all framework overhead, timed in alternating rounds; and the host cost of one activation call (GELU vs
 GroupRational) on tiny tensors.
 
-Prints Markdown tables, writes JSON (an existing file is kept: the new one gets a time-stamped name) and,
-with ``--chart``, a PNG bar chart.
+Prints Markdown tables; ``--out FILE`` appends the run (rows, settings, command, machine, versions, date) to
+the data file FILE (mmkat/utils/results.py: one file per benchmark and machine, earlier runs kept, a file of
+another benchmark or machine refused); ``--chart`` draws a PNG bar chart; ``--from-json`` prints the table
+and draws the chart of recorded runs without measuring.
 
-    python tools/benchmark.py --archs tiny small base --modes train infer --compile eager default \\
-        --out benchmarks/results/speed_h200.json --chart docs/speed_h200.png
+    python tools/benchmark.py --archs tiny small base --compile eager --out benchmarks/results/speed_h200.json
+    python tools/benchmark.py --from-json benchmarks/results/speed_h200.json --chart docs/speed_h200.png
     python tools/benchmark.py --host --device cpu --out benchmarks/results/host_cpu.json
 """
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,14 +38,19 @@ import time
 import torch
 from torch import nn
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mmkat.models import KAT  # noqa: E402
-from mmkat.models.layers import GroupRational  # noqa: E402
-from mmkat.ops import extension_info  # noqa: E402
-from mmkat.utils import save_results  # noqa: E402
+from mmkat.models import KAT
+from mmkat.models.layers import GroupRational
+from mmkat.utils.results import (
+    ResultsFileError,
+    check_results_file,
+    command_line,
+    cpu_name,
+    load_results,
+    machine_name,
+    new_run,
+    now,
+    save_results,
+)
 
 ARCHS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 MODELS = ('vit', 'kat', 'timm-vit')
@@ -218,8 +223,11 @@ def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
 
 
 def ratio(rows, row, key='images_per_s', ref='vit'):
-    base = [r for r in rows if r['model'] == ref and all(r[k] == row[k] for k in ('arch', 'mode', 'compile'))]
-    return row[key] / base[0][key] if base and base[0][key] else float('nan')
+    """``row[key]`` over the reference model's in the same setting (and the same recorded run, for rows read
+    by --from-json, which carry the index of their run)."""
+    keys = ('arch', 'mode', 'compile', 'run')
+    base = [r for r in rows if r['model'] == ref and all(r.get(k) == row.get(k) for k in keys)]
+    return row[key] / base[0][key] if base and base[0].get(key) else float('nan')
 
 
 def print_table(rows, profile):
@@ -232,8 +240,10 @@ def print_table(rows, profile):
         mem = f"{r['peak_mem_gib']:.2f} | {ratio(rows, r, 'peak_mem_gib'):.2f}" if 'peak_mem_gib' in r else '- | -'
         line = (f"| {r['arch']} | {r['mode']} | {r['compile']} | {NAMES[r['model']]} | {r['params'] / 1e6:.2f} M | "
                 f"{r['images_per_s']:.0f} | {ratio(rows, r):.2f} | {r['ms_per_step']:.2f} | {mem} |")
-        if profile:
+        if profile and 'kernel_ms' in r:
             line += f" {r['kernel_ms']:.2f} | {r['profile_wall_ms']:.2f} | {100 * r['gpu_busy']:.0f}% |"
+        elif profile:  # a run without the profiler, shown beside profiled ones (--from-json)
+            line += ' - | - | - |'
         print(line)
     for r in rows:
         if r.get('top_kernels_ms'):
@@ -351,6 +361,52 @@ def host_costs(args, device) -> dict:
                 forward_backward_kat_over_vit=fb['kat'] / fb['vit'], call_us=calls)
 
 
+# ------------------------------------------------------------------------------------------ result files
+SPEED_BENCHMARK = 'tools/benchmark.py: images/s and peak training memory of KAT against the same-size ViT'
+HOST_BENCHMARK = 'tools/benchmark.py --host: host cost of a tiny training step and of one activation call'
+
+
+def check_out(parser, path, benchmark, device):
+    """Refuse an --out file that the run could not be appended to before measuring anything."""
+    if path:
+        try:
+            check_results_file(path, benchmark, machine_name(device))
+        except (OSError, ResultsFileError) as e:
+            parser.error(f'--out: {e}')
+
+
+def save(parser, path, run, benchmark):
+    try:
+        save_results(path, run, benchmark)
+    except (OSError, ResultsFileError) as e:
+        parser.error(f'--out: {e}')
+
+
+def read_speed_runs(parser, paths):
+    """The rows of every speed run in the data files ``paths``, each tagged with its run's index (for
+    :func:`ratio`), and the runs."""
+    rows, runs = [], []
+    for path in paths:
+        try:
+            data = load_results(path)
+        except (OSError, ResultsFileError) as e:
+            parser.error(f'--from-json: {e}')
+        if data['benchmark'] != SPEED_BENCHMARK:
+            parser.error(f'--from-json: {path} holds runs of {data["benchmark"]!r}, not of {SPEED_BENCHMARK!r}')
+        for run in data['runs']:
+            rows += [dict(r, run=len(runs)) for r in run['rows']]
+            runs.append(run)
+    if not runs:
+        parser.error('--from-json: the files hold no runs')
+    return rows, runs
+
+
+def chart_title(run) -> str:
+    s, torch_version = run['settings'], (run['versions'] or {}).get('torch') or '?'
+    return (f"{run['machine']}, batch {s['batch_size']}, {s['img_size']} px, {s['dtype']} autocast, "
+            f"torch {torch_version.split('+')[0]}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -374,47 +430,39 @@ def main(argv=None):
     parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
     parser.add_argument('--top-kernels', type=int, default=0, help='with --profile: list the N costliest kernels')
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
-    parser.add_argument('--out', help='JSON file for the results')
+    parser.add_argument('--out', metavar='FILE',
+                        help='data file the run is appended to (created if missing; earlier runs are kept)')
     parser.add_argument('--chart', help='PNG bar chart of images/s')
-    parser.add_argument('--from-json', nargs='+', metavar='JSON',
-                        help='measure nothing: print the table (and draw --chart) of earlier result files')
+    parser.add_argument('--from-json', nargs='+', metavar='FILE',
+                        help='measure nothing: print the table (and draw --chart) of the runs recorded in data '
+                        'files written by --out; the chart shows the first run of each setting')
     args = parser.parse_args(argv)
     if args.from_json:
-        import json
-        rows, metas = [], []
-        for path in args.from_json:
-            try:
-                with open(path) as f:
-                    saved = json.load(f)
-                rows += saved['rows']
-                metas.append(saved['meta'])
-            except (OSError, ValueError, KeyError) as e:
-                parser.error(f'--from-json: {path} is not a result file of this tool ({type(e).__name__}: {e})')
+        rows, runs = read_speed_runs(parser, args.from_json)
         print_table(rows, any('kernel_ms' in r for r in rows))
         if args.chart:
-            m = metas[0]
-            draw_chart(rows, args.chart, f"{m['device']}, batch {m['batch_size']}, {m['img_size']} px, {m['dtype']} "
-                       f"autocast, torch {m['torch'].split('+')[0]}")
+            draw_chart(rows, args.chart, chart_title(runs[0]))
         return rows
     for name in ('batch_size', 'img_size', 'steps', 'repeats'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
 
-    meta = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
-                python=platform.python_version(), extension=extension_info(), command=' '.join(sys.argv),
-                steps=args.steps, repeats=args.repeats, warmup=args.warmup)
+    command, started = command_line(__file__, sys.argv[1:] if argv is None else argv), now()
+    settings = dict(steps=args.steps, repeats=args.repeats, warmup=args.warmup)
     if args.host:
         device = torch.device(args.device if args.device != 'cuda' or torch.cuda.is_available() else 'cpu')
-        meta.update(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else
-                    (platform.processor() or platform.machine()), threads=1)
+        check_out(parser, args.out, HOST_BENCHMARK, device)
         result = host_costs(args, device)
         if args.out:
-            save_results(args.out, dict(meta=meta, host=result))
+            save(parser, args.out, new_run(command, device, date=started, cpu=cpu_name(),
+                                           settings=dict(settings, device=device.type, threads=1), host=result),
+                 HOST_BENCHMARK)
         return result
 
     device = torch.device(args.device)
     if device.type == 'cpu' and any(c in ('reduce-overhead', 'max-autotune') for c in args.compile):
         parser.error('CUDA graphs (reduce-overhead / max-autotune) need a CUDA device')
+    check_out(parser, args.out, SPEED_BENCHMARK, device)
     dtype = getattr(torch, args.dtype)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -424,13 +472,13 @@ def main(argv=None):
             for arch in args.archs:
                 rows += run_group(args, arch, mode, compile_mode, device, dtype)
     print_table(rows, args.profile)
-    meta.update(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor(),
-                batch_size=args.batch_size, img_size=args.img_size, dtype=args.dtype)
+    run = new_run(command, device, date=started, rows=rows,
+                  settings=dict(settings, device=device.type, batch_size=args.batch_size, img_size=args.img_size,
+                                dtype=args.dtype))
     if args.out:
-        save_results(args.out, dict(meta=meta, rows=rows))
+        save(parser, args.out, run, SPEED_BENCHMARK)
     if args.chart:
-        draw_chart(rows, args.chart, f"{meta['device']}, batch {args.batch_size}, {args.img_size} px, {args.dtype} "
-                   f"autocast, torch {torch.__version__.split('+')[0]}")
+        draw_chart(rows, args.chart, chart_title(run))
     return rows
 
 

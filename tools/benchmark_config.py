@@ -4,27 +4,24 @@ For each variant the model and the optimizer wrapper (AMP, layer decay, ...) are
 as tools/train.py builds them, and full training steps (data preprocessor, loss forward, backward, optimizer
 step) run on synthetic batches of the config's training size: random images, for detectors random boxes
 with box-shaped masks, for segmentors random label maps. Data loading is left out, so the numbers are the
-model's. The backbone starts from its init (no checkpoint is read). Prints a table and writes JSON (an
-existing file is kept: the new one gets a time-stamped name).
+model's. The backbone starts from its init (no checkpoint is read). Prints a table; ``--out FILE`` appends the
+run (rows, settings, command, machine, versions, date) to the data file FILE (mmkat/utils/results.py: one file
+per benchmark and machine, earlier runs kept, a file of another benchmark or machine refused).
 
-    python tools/benchmark_config.py configs/kat/mask_rcnn_kat_s.py --batch-size 4 --out det.json
+    python tools/benchmark_config.py configs/kat/mask_rcnn_kat_s.py --batch-size 4 \\
+        --out benchmarks/results/det_seg_h200.json
     python tools/benchmark_config.py configs/kat/upernet_kat_s.py --batch-size 8 --variants kat gelu
 """
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 
 import torch
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 VARIANTS = {'kat': dict(mlp='kan'), 'gelu': dict(mlp='gelu', rational=None)}
+BENCHMARK = 'tools/benchmark_config.py: training speed and peak memory of a detection or segmentation config, ' \
+    'KAT against its GELU-MLP twin'
 
 
 def training_size(cfg):
@@ -152,8 +149,9 @@ def main(argv=None):
         options = {}
         DictAction()(parser, options, args.cfg_options)
         cfg.merge_from_dict(options)
-    import mmkat  # noqa: F401
     from mmengine.registry import init_default_scope
+
+    import mmkat  # noqa: F401
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     task = 'seg' if 'decode_head' in cfg.model else 'det'
     if task == 'det':
@@ -169,6 +167,21 @@ def main(argv=None):
     if pre.get('size'):
         pre['size'] = size
     device = torch.device(args.device)
+    from mmkat.utils.results import (
+        ResultsFileError,
+        check_results_file,
+        command_line,
+        machine_name,
+        new_run,
+        now,
+        save_results,
+    )
+    command, started = command_line(__file__, sys.argv[1:] if argv is None else argv), now()
+    if args.out:  # refused before anything is measured
+        try:
+            check_results_file(args.out, BENCHMARK, machine_name(device))
+        except (OSError, ResultsFileError) as e:
+            parser.error(f'--out: {e}')
     if device.type != 'cuda' and 'Amp' in str(cfg.optim_wrapper.get('type', '')):
         cfg.optim_wrapper.type = 'OptimWrapper'  # AMP needs a GPU; CPU timing runs in fp32
         cfg.optim_wrapper.pop('dtype', None)
@@ -197,16 +210,11 @@ def main(argv=None):
               f'{row["images_per_s"]:.1f} | {row["ms_per_iter"]:.0f} | '
               f'{row["images_per_s"] / base["images_per_s"]:.2f} | {row.get("peak_mem_gib", float("nan")):.1f} |')
 
-    from mmkat.ops import extension_info
-    from mmkat.utils import save_results
-    meta = dict(date=datetime.datetime.now().isoformat(timespec='seconds'), torch=torch.__version__,
-                device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor(),
-                config=args.config, task=task, size=list(size), batch_size=args.batch_size, steps=args.steps,
-                warmup=args.warmup, optim_wrapper=str(cfg.optim_wrapper.get('type')),
-                amp_dtype=str(cfg.optim_wrapper.get('dtype', '')), extension=extension_info(),
-                command=' '.join(['python', 'tools/benchmark_config.py'] + (argv or sys.argv[1:])))
     if args.out:
-        save_results(args.out, dict(meta=meta, rows=rows))
+        settings = dict(config=args.config, task=task, size=list(size), batch_size=args.batch_size,
+                        steps=args.steps, warmup=args.warmup, optim_wrapper=str(cfg.optim_wrapper.get('type')),
+                        amp_dtype=str(cfg.optim_wrapper.get('dtype', '')))
+        save_results(args.out, new_run(command, device, date=started, settings=settings, rows=rows), BENCHMARK)
 
 
 if __name__ == '__main__':

@@ -6,8 +6,10 @@
 For every shape, dtype and implementation it times forward, backward (dx and both coefficient gradients)
 and forward+backward (through autograd), reports the median, and compares it with the memory-bandwidth
 floor: the fewest bytes the pass must move (forward: read x, write y; backward: read x and dy, write dx)
-over the device-to-device copy bandwidth measured on the same GPU. The table is printed; everything is
-also written to JSON (--out).
+over the device-to-device copy bandwidth measured on the same GPU. The table is printed; ``--out FILE``
+appends the run (rows, settings, command, machine, versions, date) to the data file FILE
+(mmkat/utils/results.py: one file per benchmark and machine, earlier runs kept, a file of another benchmark or
+machine refused), e.g. ``--out benchmarks/results/op_h200.json``.
 
 --fused-forward adds what torch.compile's inductor makes of a LayerNorm followed by the activation (no
 grad, as in inference): GELU, the group-rational op (decomposed into its overflow-safe pointwise formula,
@@ -15,8 +17,6 @@ the default under torch.compile), and the bare direct formula P(x)/Q(|x|) withou
 so the cost of that handling is measured, not guessed.
 """
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
@@ -24,13 +24,7 @@ import time
 
 import torch
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mmkat.ops import extension_info, get_preset  # noqa: E402
-from mmkat.ops.rational import _reference_backward, group_rational_reference  # noqa: E402
+from mmkat.ops import extension_info, get_preset, group_rational_reference, group_rational_reference_backward
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -45,7 +39,8 @@ def parse_args():
     p.add_argument('--groups', type=int, default=8)
     p.add_argument('--reps', type=int, default=50, help='timed repetitions (median reported)')
     p.add_argument('--warmup', type=int, default=5)
-    p.add_argument('--out', default='work_dirs/benchmark_op.json')
+    p.add_argument('--out', metavar='FILE',
+                   help='data file the run is appended to (created if missing; earlier runs are kept)')
     p.add_argument('--markdown', action='store_true', help='also print the table in Markdown (for README)')
     p.add_argument('--fused-forward', action='store_true',
                    help='also time torch.compile(LayerNorm -> activation) for GELU, the op and its bare direct formula')
@@ -120,13 +115,13 @@ def make_impls(args, groups):
                           lambda x, wn, wd, dy: op_b(dy, x, wn, wd, groups), fwd_bwd(op_f))
     if 'eager' in args.impls:
         impls['eager'] = (lambda x, wn, wd, dy: group_rational_reference(x, wn, wd, groups),
-                          lambda x, wn, wd, dy: _reference_backward(dy, x, wn, wd, groups),
+                          lambda x, wn, wd, dy: group_rational_reference_backward(dy, x, wn, wd, groups),
                           fwd_bwd(group_rational_reference))
     if 'compile' in args.impls:
         # No background compile workers: they would compete with the host side of the timed runs.
         torch._inductor.config.compile_threads = 1
         cf = torch.compile(group_rational_reference)
-        cb = torch.compile(_reference_backward)
+        cb = torch.compile(group_rational_reference_backward)
         impls['compile'] = (lambda x, wn, wd, dy: cf(x, wn, wd, groups), lambda x, wn, wd, dy: cb(
             dy, x, wn, wd, groups), fwd_bwd(cf))
     return impls
@@ -147,19 +142,14 @@ def fused_forward_rows(args, device, num, den):
     """torch.compile(LayerNorm -> activation) forward times, no grad, for each shape and dtype."""
     import torch.nn.functional as F
 
-    from mmkat.ops.rational import _direct_terms, _grouped, group_rational
+    from mmkat.ops import group_rational, group_rational_direct
     torch._inductor.config.compile_threads = 1
     groups = args.groups
-
-    def direct_formula(v, wn, wd):  # P(x) / Q(|x|) alone: overflows to inf/NaN for |x| beyond ~1e7 in fp32
-        xg, a, babs = _grouped(v, wn, wd, groups)
-        p, q = _direct_terms(xg, a, babs)
-        return (p / q).reshape(v.shape).to(v.dtype)
-
     acts = {
         'gelu': lambda v, wn, wd: F.gelu(v),
         'rational': lambda v, wn, wd: group_rational(v, wn, wd, groups, impl='compiled'),
-        'direct formula': direct_formula,
+        # P(x) / Q(|x|) alone: overflows to inf/NaN for |x| beyond ~1e7 in fp32
+        'direct formula': lambda v, wn, wd: group_rational_direct(v, wn, wd, groups),
     }
     rows = []
     print('\ntorch.compile(LayerNorm -> activation), forward without grad:')
@@ -200,11 +190,30 @@ def markdown_table(rows):
     return '\n'.join(lines)
 
 
+BENCHMARK = 'tools/benchmark_op.py: the group-rational op against its bandwidth floor, the eager reference and ' \
+    'torch.compile of the reference'
+
+
 def main():
     args = parse_args()
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('benchmark_op: no CUDA GPU visible; use --device cpu')
+    from mmkat.utils.results import (
+        ResultsFileError,
+        check_results_file,
+        command_line,
+        machine_name,
+        new_run,
+        now,
+        save_results,
+    )
+    command, started = command_line(__file__, sys.argv[1:]), now()
+    if args.out:  # refused before anything is measured
+        try:
+            check_results_file(args.out, BENCHMARK, machine_name(device))
+        except (OSError, ResultsFileError) as e:
+            raise SystemExit(f'benchmark_op: --out: {e}')
     info = extension_info()
     if device.type == 'cuda' and not info['with_cuda']:
         print(f'benchmark_op: mmkat._C has no CUDA kernels ({info}); the mmkat rows are skipped', file=sys.stderr)
@@ -243,28 +252,17 @@ def main():
                       f'{times["fwd_bwd"]:8.3f} | {floor["fwd_bwd"]:8.3f} {gbs:9.0f} {row["x_floor"]:7.2f}')
     rows.sort(key=lambda r: (-r['shape'][-1], r['dtype'] != 'fp32', ['mmkat', 'compile', 'eager'].index(r['impl'])))
     fused = fused_forward_rows(args, device, num, den) if args.fused_forward else None
-    result = dict(
-        command=' '.join(sys.argv),
-        device=device_name(device),
-        torch=torch.__version__,
-        extension=info,
-        copy_bandwidth_bytes_per_s=bandwidth,
-        reps=args.reps,
-        groups=args.groups,
-        rows=rows)
-    if fused is not None:
-        result['fused_forward'] = fused
     if args.markdown:
         print(markdown_table(rows))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if os.path.exists(args.out):  # keep the earlier result: rename it after its own time stamp
-        stem, ext = os.path.splitext(args.out)
-        kept = f"{stem}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(os.path.getmtime(args.out)))}{ext}"
-        os.replace(args.out, kept)
-        print(f'kept the previous {args.out} as {kept}')
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=1)
-    print(f'saved {args.out}')
+    if args.out:
+        settings = dict(device=device.type, threads=torch.get_num_threads() if device.type == 'cpu' else None,
+                        shapes=args.shapes, dtypes=args.dtypes, impls=args.impls, groups=args.groups, reps=args.reps,
+                        warmup=args.warmup)
+        run = new_run(command, device, date=started, settings=settings, copy_bandwidth_bytes_per_s=bandwidth,
+                      rows=rows)
+        if fused is not None:
+            run['fused_forward'] = fused
+        save_results(args.out, run, BENCHMARK)
 
 
 if __name__ == '__main__':

@@ -16,17 +16,11 @@ The source is read with weights_only=True; the destination is never overwritten 
 """
 import argparse
 import os
-import sys
 
 import torch
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mmkat.hub import WeightsError, read_weights  # noqa: E402
-from mmkat.models.checkpoint import (TASKS, backbone_state_dict, checkpoint_size, size_name,  # noqa: E402
-                                     to_openmmlab_checkpoint)
+from mmkat.hub import WeightsError, read_weights
+from mmkat.models.checkpoint import TASKS, backbone_state_dict, checkpoint_size, size_name, to_openmmlab_checkpoint
 
 
 def main(argv=None):

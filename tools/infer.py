@@ -1,6 +1,6 @@
 """Predict with a trained model of any mmkat config (classification, detection, segmentation) on images.
 
-    python tools/infer.py CONFIG CHECKPOINT IMAGE [IMAGE ...] --out DIR [--device cpu] [--force]
+    python tools/infer.py CONFIG CHECKPOINT IMAGE [IMAGE ...] --out DIR [--device cpu] [--score-thr 0.3] [--force]
 
 The task follows from the config's ``default_scope``: mmpretrain's ``ImageClassificationInferencer``, mmdet's
 ``DetInferencer`` or mmseg's ``MMSegInferencer`` does the work, as in any OpenMMLab project. DIR receives
@@ -8,6 +8,11 @@ The task follows from the config's ``default_scope``: mmpretrain's ``ImageClassi
 scores; boxes, labels, scores and RLE masks; or, for segmentation, the path of the label map written to
 ``label_maps/`` and the class names).
 An existing DIR with files in it is kept unless --force.
+
+Detection: boxes (with their masks) scoring at or below --score-thr (default 0.3, the threshold mmdet's
+``DetInferencer`` draws with) are neither drawn in vis/ nor saved in preds/, whose JSON records the threshold
+as ``score_thr``; --score-thr 0 keeps every prediction the model returns (up to its test_cfg's max_per_img).
+Classification and segmentation predictions have no boxes: --score-thr does not apply to them.
 """
 import argparse
 import json
@@ -15,13 +20,12 @@ import os
 import os.path as osp
 import sys
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmkat  # noqa: F401  (registers mmkat's modules, checkpoint allowlist and weights references)
 
 PROG = 'tools/infer.py'
 TASKS = {'mmpretrain': 'classification', 'mmdet': 'detection', 'mmseg': 'segmentation'}
+DEFAULT_SCORE_THR = 0.3  # mmdet's DetInferencer's pred_score_thr
+INSTANCE_KEYS = ('labels', 'scores', 'bboxes', 'masks')  # one entry per box in mmdet's prediction dict
 
 
 def fail(message):
@@ -36,6 +40,11 @@ def parse_args(argv=None):
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--out', required=True, help='output folder (vis/ and preds/ are written in it)')
     parser.add_argument('--device', default=None, help='cuda, cuda:1, cpu (default: cuda when a GPU is visible)')
+    parser.add_argument(
+        '--score-thr', type=float, default=None, metavar='THR',
+        help=f'detection only: boxes (and their masks) scoring at or below THR are neither drawn nor saved '
+        f'(default {DEFAULT_SCORE_THR}, as mmdet\'s DetInferencer; 0 keeps all); classification and segmentation '
+        'ignore it')
     parser.add_argument('--force', action='store_true', help='write into an output folder that already holds files')
     return parser.parse_args(argv)
 
@@ -59,6 +68,21 @@ def _to_json(value):
     return value
 
 
+def keep_above(pred, score_thr):
+    """mmdet's prediction dict without the boxes scoring at or below ``score_thr`` (as its visualizer draws
+    them: score > threshold), the threshold recorded as ``score_thr``."""
+    scores = pred.get('scores')
+    if not isinstance(scores, list):
+        return dict(pred, score_thr=score_thr)
+    keep = [i for i, score in enumerate(scores) if score > score_thr]
+    kept = dict(pred)
+    for key in INSTANCE_KEYS:
+        if isinstance(pred.get(key), list) and len(pred[key]) == len(scores):
+            kept[key] = [pred[key][i] for i in keep]
+    kept['score_thr'] = score_thr
+    return kept
+
+
 def build_inferencer(task, config, checkpoint, device):
     if task == 'classification':
         from mmpretrain.apis import ImageClassificationInferencer
@@ -70,8 +94,9 @@ def build_inferencer(task, config, checkpoint, device):
     return MMSegInferencer(model=config, weights=checkpoint, device=device)
 
 
-def predict(task, inferencer, image, out):
-    """Run one image; write vis/<name> and preds/<stem>.json under ``out``; return the JSON written."""
+def predict(task, inferencer, image, out, score_thr=DEFAULT_SCORE_THR):
+    """Run one image; write vis/<name> and preds/<stem>.json under ``out``; return the JSON written.
+    ``score_thr``: detection only, the boxes drawn and saved score above it."""
     name = osp.basename(image)
     stem = osp.splitext(name)[0]
     vis_dir, pred_dir = osp.join(out, 'vis'), osp.join(out, 'preds')
@@ -81,9 +106,10 @@ def predict(task, inferencer, image, out):
         result = inferencer(image, show_dir=vis_dir)[0]
         pred = dict(pred_label=int(result['pred_label']), pred_score=float(result['pred_score']),
                     pred_class=result.get('pred_class'), pred_scores=_to_json(result['pred_scores']))
-    elif task == 'detection':  # draws vis/<name>, writes preds/<stem>.json (labels, scores, bboxes, RLE masks)
-        result = inferencer(image, out_dir=out, no_save_pred=False, return_vis=False, print_result=False)
-        return _to_json(result['predictions'][0])
+    elif task == 'detection':  # draws vis/<name> (boxes above score_thr); preds/<stem>.json: the same boxes
+        result = inferencer(image, out_dir=out, no_save_pred=False, return_vis=False, print_result=False,
+                            pred_score_thr=score_thr)
+        pred = keep_above(_to_json(result['predictions'][0]), score_thr)  # replaces mmdet's file of every box
     else:  # draws vis/<name>; the label map goes to label_maps/<stem>.png
         maps = osp.join(out, 'label_maps')
         before = set(os.listdir(maps)) if osp.isdir(maps) else set()
@@ -109,6 +135,8 @@ def main(argv=None):
     twins = sorted({s for s in stems if stems.count(s) > 1})
     if twins:  # their pictures and predictions would overwrite each other under --out
         fail(f'several images share the name {", ".join(twins)}: give each image its own file name')
+    if args.score_thr is not None and not 0 <= args.score_thr <= 1:
+        fail(f'--score-thr must lie in [0, 1] (scores are probabilities), got {args.score_thr}')
     if osp.isdir(args.out) and os.listdir(args.out) and not args.force:
         fail(f'--out: {args.out} already holds files; pass --force to write into it, or name another folder')
 
@@ -118,13 +146,17 @@ def main(argv=None):
     if task is None:
         fail(f"{args.config}: default_scope {cfg.get('default_scope')!r} is not one of {sorted(TASKS)}; "
              'tools/infer.py handles mmpretrain, mmdet and mmseg configs')
+    score_thr = DEFAULT_SCORE_THR if args.score_thr is None else args.score_thr
+    if args.score_thr is not None and task != 'detection':
+        print(f'{PROG}: note: --score-thr applies to detection only; the {task} predictions are kept whole',
+              file=sys.stderr)
     device = args.device
     if device is None:
         import torch
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    from mmkat.engine.checkpoint_fit import checkpoint_fit, read_state_dict
+    from mmkat.engine.checkpoint_fit import checkpoint_fit, read_as_mmengine
     try:  # read first: an unreadable file, a failed download or digest gets one line, not the inferencer's traceback
-        state = read_state_dict(args.checkpoint)
+        state = read_as_mmengine(args.checkpoint)
     except (WeightsError, ValueError) as e:
         fail(str(e))
     inferencer = build_inferencer(task, args.config, args.checkpoint, device)
@@ -133,7 +165,7 @@ def main(argv=None):
         fail(f'{args.checkpoint} does not fit the model of {args.config}:\n  ' + '\n  '.join(problems))
     os.makedirs(args.out, exist_ok=True)
     for image in args.images:
-        predict(task, inferencer, image, args.out)
+        predict(task, inferencer, image, args.out, score_thr)
         print(f'{image}: {osp.join(args.out, "preds", osp.splitext(osp.basename(image))[0] + ".json")}')
     print(f'wrote {len(args.images)} predictions and pictures under {args.out} ({task})')
 

@@ -5,11 +5,17 @@ Each argument names one row and its runs: ``NAME=RUN[,RUN...]``, where a RUN is 
 ``benchmarks/fmnist_seeds.sh`` and the dumped config when present) or a ``scalars.json`` file; shell
 patterns are expanded. Per row: how many runs, how many completed their schedule (validated at the
 config's last epoch), mean +/- sample std over runs of the final and of the best top-1, mean wall time
-and median step time. Prints Markdown; ``--out`` writes JSON with every run's per-epoch top-1, ``--plot``
-a PNG of the per-epoch curves (the mean over runs, with the range of the runs shaded).
+and median step time. Prints Markdown; ``--plot`` draws a PNG of the per-epoch curves (the mean over runs,
+with the range of the runs shaded).
+
+``--out FILE`` appends the table, with every run's per-epoch top-1, as one run to the data file FILE
+(mmkat/utils/results.py: earlier runs kept, a file of another benchmark or machine refused). Its command is
+``--command`` or the ``command.txt`` that ``benchmarks/fmnist_seeds.sh`` writes beside the work dirs; its
+machine ``--machine`` or the GPU that the runs' logs name; its versions and date are those the runs' mmengine
+logs record (null where they record none).
 
     python tools/summarize_cls_runs.py 'KAT-T=work/kat_t_fmnist_seed*' 'ViT-T=work/vit_t_fmnist_seed*' \\
-        --out table.json --plot curves.png [--require-complete] [--per-epoch]
+        --out benchmarks/results/fmnist_h200.json --plot curves.png [--require-complete] [--per-epoch]
 """
 import argparse
 import glob
@@ -19,6 +25,8 @@ import re
 import statistics
 import sys
 from typing import Dict, List, Optional
+
+BENCHMARK = 'tools/summarize_cls_runs.py: top-1 of repeated classification runs'
 
 
 def fail(message: str):
@@ -92,6 +100,80 @@ def read_run(path: str) -> dict:
     return run
 
 
+def _log_environment(work_dir: str) -> Optional[dict]:
+    """What the newest mmengine log of a work dir records of its machine and versions."""
+    logs = sorted(glob.glob(os.path.join(work_dir, '*', '*.log')))
+    if not logs:
+        return None
+    with open(logs[-1], errors='replace') as f:
+        text = f.read(200_000)
+
+    def field(name):
+        found = re.search(rf'^\s+{re.escape(name)}: (\S+)', text, re.M)
+        return found.group(1) if found else None
+
+    torch_version, gpu = field('PyTorch'), re.search(r'^\s+GPU ([\d,]+): (.+)$', text, re.M)
+    cuda = re.search(r'\+cu(\d+)(\d)$', torch_version or '')
+    found = re.search(r'^\s+- CUDA Runtime (\S+)', text, re.M)
+    return dict(machine=(gpu.group(2).strip() if ',' not in gpu.group(1) else
+                         f'{len(gpu.group(1).split(","))} x {gpu.group(2).strip()}') if gpu else None,
+                versions=dict(python=field('Python'), torch=torch_version,
+                              cuda=f'{cuda.group(1)}.{cuda.group(2)}' if cuda else found and found.group(1),
+                              mmkat=None, mmkat_commit=None, extension=None, torchvision=field('TorchVision'),
+                              mmengine=field('MMEngine')),
+                date=_stamp_date(os.path.basename(os.path.dirname(logs[-1]))))
+
+
+def _stamp_date(stamp: str) -> Optional[str]:
+    """mmengine's time-stamp folder name (20261201_200127) as ISO 8601."""
+    found = re.fullmatch(r'(\d{4})(\d\d)(\d\d)_(\d\d)(\d\d)(\d\d)', stamp)
+    return '{}-{}-{}T{}:{}:{}'.format(*found.groups()) if found else None
+
+
+def _wall_fields(work_dir: str) -> dict:
+    path = os.path.join(work_dir, 'wall.txt')
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return dict(item.split('=', 1) for item in f.read().split() if '=' in item)
+
+
+def data_file_run(rows: Dict[str, List[dict]], summaries: dict, args, argv) -> dict:
+    """The run that --out appends: the table and every run's figures, with command, machine, versions, date."""
+    from mmkat.utils.results import command_line
+    paths = [r['path'] for runs in rows.values() for r in runs]
+    envs = [e for e in (_log_environment(p) for p in paths if os.path.isdir(p)) if e is not None]
+    env = envs[0] if envs else dict(machine=None, versions=None, date=None)
+    if any(e['versions'] != env['versions'] or e['machine'] != env['machine'] for e in envs):
+        print('summarize_cls_runs: the runs\' logs name different machines or versions; recording the first run\'s',
+              file=sys.stderr)
+    command = args.command
+    if command is None:
+        found = os.path.join(os.path.dirname(os.path.abspath(paths[0])), 'command.txt')
+        if os.path.isfile(found):
+            with open(found) as f:
+                lines = [line.strip() for line in f if line.strip()]
+            command = lines[-1] if lines else None
+    dates = sorted(e['date'] for e in envs if e['date'])
+    table = {}
+    for name, runs in rows.items():
+        fields = [_wall_fields(r['path']) if os.path.isdir(r['path']) else {} for r in runs]
+        configs = {f.get('config') for f in fields}
+        table[name] = dict(
+            config=configs.pop() if len(configs) == 1 else None, summary=summaries[name],
+            runs=[dict(run=os.path.basename(os.path.normpath(r['path'])),
+                       seed=int(f['seed']) if f.get('seed', '').isdigit() else None,
+                       top1={str(k): v for k, v in r['top1'].items()}, epochs=r['epochs'], max_epochs=r['max_epochs'],
+                       complete=r['complete'], last=r['last'], best=r['best'], wall=r['wall'],
+                       median_step_s=r['median_step_s'], median_data_s=r['median_data_s'])
+                  for r, f in zip(runs, fields)])
+    seeds = sorted({run['seed'] for row in table.values() for run in row['runs'] if run['seed'] is not None})
+    return dict(command=command, machine=args.machine or env['machine'], versions=env['versions'],
+                date=dates[0] if dates else None, summary_command=command_line(__file__, argv),
+                settings=dict(seeds=seeds, epochs=sorted({e for s in summaries.values() for e in s['epochs']})),
+                rows=table)
+
+
 def mean_std(values: List[float]) -> Dict[str, float]:
     return dict(mean=statistics.fmean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
                 min=min(values), max=max(values))
@@ -105,6 +187,33 @@ def summarize(runs: List[dict]) -> dict:
                 epochs=sorted({r['epochs'] for r in runs}), last=mean_std([r['last'] for r in runs]),
                 best=mean_std([r['best'] for r in runs]), wall_s=statistics.fmean(walls) if walls else None,
                 median_step_s=statistics.median(steps) if steps else None)
+
+
+def per_epoch_table(rows: Dict[str, List[dict]]) -> str:
+    """Markdown: the mean top-1 of every row at every epoch (runs' ``top1``: {epoch: value})."""
+    epochs = sorted(set().union(*(r['top1'] for runs in rows.values() for r in runs)))
+    lines = ['| epoch | ' + ' | '.join(f'{n} top-1' for n in rows) + ' |', '|---' * (len(rows) + 1) + '|']
+    for epoch in epochs:
+        cells = []
+        for runs in rows.values():
+            values = [r['top1'][epoch] for r in runs if epoch in r['top1']]
+            cells.append(f'{statistics.fmean(values):.2f}' if values else '-')
+        lines.append(f'| {epoch} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def summary_table(summaries: Dict[str, dict]) -> str:
+    """Markdown: one line per row of :func:`summarize`'s figures."""
+    lines = ['| row | runs (complete) | epochs | final top-1 | best top-1 | wall s/run | median s/step |',
+             '|---|---|---|---|---|---|---|']
+    for name, s in summaries.items():
+        wall = f"{s['wall_s']:.0f}" if s['wall_s'] is not None else '-'
+        step = f"{s['median_step_s']:.3f}" if s['median_step_s'] is not None else '-'
+        epochs = '/'.join(str(e) for e in s['epochs'])
+        complete = '?' if s['complete'] is None else s['complete']
+        lines.append(f"| {name} | {s['runs']} ({complete}) | {epochs} | {s['last']['mean']:.2f} +/- "
+                     f"{s['last']['std']:.2f} | {s['best']['mean']:.2f} +/- {s['best']['std']:.2f} | {wall} | {step} |")
+    return '\n'.join(lines)
 
 
 def expand(spec: str) -> List[str]:
@@ -156,16 +265,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('rows', nargs='+', metavar='NAME=RUN[,RUN...]',
                         help='a row: its name and its runs (work dirs or scalars.json files, patterns allowed)')
-    parser.add_argument('--out', help='JSON output (refuses to overwrite an existing file)')
+    parser.add_argument('--out', metavar='FILE', help='data file the table is appended to as one run')
+    parser.add_argument('--command', help='with --out: the command that made the runs (default: the command.txt '
+                        'of benchmarks/fmnist_seeds.sh beside the work dirs)')
+    parser.add_argument('--machine', help='with --out: the machine the runs ran on (default: the GPU of their logs)')
     parser.add_argument('--plot', help='PNG of the per-epoch top-1 curves (refuses to overwrite)')
     parser.add_argument('--title', default='top-1 per epoch (mean over runs, range shaded)', help='plot title')
     parser.add_argument('--per-epoch', action='store_true', help='also print the mean top-1 of every epoch')
     parser.add_argument('--require-complete', action='store_true',
                         help='exit with status 1 when a run did not finish its schedule')
     args = parser.parse_args(argv)
-    for target in (args.out, args.plot):
-        if target and os.path.exists(target):
-            fail(f'{target} exists; not overwriting it (choose another name)')
+    if args.plot and os.path.exists(args.plot):
+        fail(f'{args.plot} exists; not overwriting it (choose another name)')
+    if args.out and os.path.exists(args.out):
+        from mmkat.utils.results import ResultsFileError, load_results
+        try:
+            if load_results(args.out)['benchmark'] != BENCHMARK:
+                fail(f'{args.out} holds the runs of another benchmark; choose another file')
+        except (OSError, ResultsFileError) as e:
+            fail(str(e))
 
     rows = {}
     for item in args.rows:
@@ -178,36 +296,19 @@ def main(argv=None):
     summaries = {name: summarize(runs) for name, runs in rows.items()}
 
     if args.per_epoch:
-        epochs = sorted(set().union(*(r['top1'] for runs in rows.values() for r in runs)))
-        print('| epoch | ' + ' | '.join(f'{n} top-1' for n in rows) + ' |')
-        print('|---' * (len(rows) + 1) + '|')
-        for epoch in epochs:
-            cells = []
-            for runs in rows.values():
-                values = [r['top1'][epoch] for r in runs if epoch in r['top1']]
-                cells.append(f'{statistics.fmean(values):.2f}' if values else '-')
-            print(f'| {epoch} | ' + ' | '.join(cells) + ' |')
-        print()
-    print('| row | runs (complete) | epochs | final top-1 | best top-1 | wall s/run | median s/step |')
-    print('|---|---|---|---|---|---|---|')
-    for name, s in summaries.items():
-        wall = f"{s['wall_s']:.0f}" if s['wall_s'] is not None else '-'
-        step = f"{s['median_step_s']:.3f}" if s['median_step_s'] is not None else '-'
-        epochs = '/'.join(str(e) for e in s['epochs'])
-        complete = '?' if s['complete'] is None else s['complete']
-        print(f"| {name} | {s['runs']} ({complete}) | {epochs} | {s['last']['mean']:.2f} +/- "
-              f"{s['last']['std']:.2f} | {s['best']['mean']:.2f} +/- {s['best']['std']:.2f} | {wall} | {step} |")
+        print(per_epoch_table(rows) + '\n')
+    print(summary_table(summaries))
     incomplete = [r['path'] for runs in rows.values() for r in runs if r['complete'] is False]
     for path in incomplete:
         print(f'incomplete run (stopped before its last epoch or failed): {path}', file=sys.stderr)
 
     if args.out:
-        payload = {name: dict(summary=summaries[name],
-                              runs=[dict(r, top1={str(k): v for k, v in r['top1'].items()}) for r in runs])
-                   for name, runs in rows.items()}
-        with open(args.out, 'w') as f:
-            json.dump(payload, f, indent=1)
-        print(f'wrote {args.out}')
+        from mmkat.utils.results import ResultsFileError, save_results
+        try:
+            save_results(args.out, data_file_run(rows, summaries, args, sys.argv[1:] if argv is None else argv),
+                         BENCHMARK)
+        except (OSError, ResultsFileError) as e:
+            fail(str(e))
     if args.plot:
         plot(rows, args.plot, args.title)
         print(f'wrote {args.plot}')

@@ -4,6 +4,7 @@ Examples::
 
     python tools/test.py CONFIG CHECKPOINT                       # prints the test metrics
     python tools/test.py CONFIG CHECKPOINT --out preds.pkl       # also dumps the predictions
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis        # also draws every prediction into vis/
     python tools/test.py configs/kat/kat_s_in1k_released.py      # the config's load_from (released weights)
     bash tools/dist_test.sh CONFIG CHECKPOINT 8                  # 8 GPUs on this machine (torchrun)
 
@@ -11,16 +12,23 @@ CHECKPOINT can be a training checkpoint written by tools/train.py (mmengine's fo
 one converted by mmkat's tools, a .safetensors file, a URL, hf_hub:OWNER/REPO or an mmkat weights name
 (configs/kat/metafile.yml; downloaded once and verified, see mmkat/hub.py). Without it, the config's
 load_from is tested.
+
+--show-dir and --show switch on the visualization hook of the config's scope, as mmdet's, mmseg's and
+mmpretrain's own tools/test.py do (``default_hooks.visualization``; added with the scope's visualizer where
+the config has none), drawing every test image: mmdet's ``DetVisualizationHook`` writes DIR/<image name>
+(boxes scoring above its ``score_thr``, 0.3), mmpretrain's ``VisualizationHook`` writes DIR/<image name>_0.png.
+For mmseg a subclass of its ``SegVisualizationHook`` writes DIR/<image name> (ground truth beside the
+prediction, as mmseg draws them): mmseg's own hook reads ``runner.iter``, which builds the training loop and
+so needs the training data, and saves only through the visualizer's storage backends. The pictures are named
+after the image file's base name, as the scopes' hooks name them: test images of one name in different
+folders share one picture.
 """
 import argparse
 import os
 import os.path as osp
 import sys
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmkat  # noqa: F401  (registers mmkat's modules, checkpoint allowlist and weights references)
 
 PROG = 'tools/test.py'
 
@@ -47,7 +55,16 @@ def parse_args(argv=None):
         '--out', metavar='FILE.pkl',
         help="also dump the raw predictions to this pickle file (mmengine's DumpResults metric); an existing "
         'file is kept unless --force')
-    parser.add_argument('--force', action='store_true', help='let --out replace an existing file')
+    parser.add_argument(
+        '--show-dir', metavar='DIR',
+        help='draw each test image with its prediction and save it under DIR (see the tool doc for the file '
+        'names of each task); a DIR that holds files is kept unless --force')
+    parser.add_argument('--show', action='store_true',
+                        help='display each test image with its prediction in a window (needs a display)')
+    parser.add_argument('--wait-time', type=float, default=2., metavar='SECONDS',
+                        help='how long --show displays each image (default 2 s; 0 waits for a key press)')
+    parser.add_argument('--force', action='store_true',
+                        help='let --out replace an existing file and --show-dir write into a folder that holds files')
     parser.add_argument(
         '--allow-partial', action='store_true',
         help='evaluate a checkpoint even when it leaves model parameters unloaded, has tensors of other '
@@ -68,6 +85,73 @@ def parse_args(argv=None):
     return args
 
 
+# the visualization hook and visualizer of each scope, as their own test tools switch them on
+VIS_HOOKS = {'mmdet': 'DetVisualizationHook', 'mmseg': 'SegVisualizationHook', 'mmpretrain': 'VisualizationHook'}
+VISUALIZERS = {'mmdet': 'DetLocalVisualizer', 'mmseg': 'SegLocalVisualizer', 'mmpretrain': 'UniversalVisualizer'}
+
+
+def has_display() -> bool:
+    """Can a window be shown? On Linux and the BSDs only with an X11 or Wayland display."""
+    if sys.platform.startswith(('linux', 'freebsd', 'openbsd', 'netbsd')):
+        return bool(os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY'))
+    return True
+
+
+def enable_visualization(cfg, show_dir, show, wait_time):
+    """Switch the config's visualization hook on for every test image, as the scope's own tools/test.py does:
+    draw, save under ``show_dir`` (absolute, so that mmdet's hook does not nest it in the work dir), show."""
+    scope = cfg.get('default_scope')
+    if scope not in VIS_HOOKS:
+        fail(f"--show-dir / --show: the config's default_scope {scope!r} is not one of {sorted(VIS_HOOKS)}, whose "
+             'visualization hooks this tool knows')
+    cfg.setdefault('default_hooks', {})
+    hook = cfg.default_hooks.get('visualization') or dict(type=VIS_HOOKS[scope])
+    if not cfg.get('visualizer'):
+        cfg.visualizer = dict(type=VISUALIZERS[scope], vis_backends=[dict(type='LocalVisBackend')], name='visualizer')
+    if show:
+        hook.update(show=True, wait_time=wait_time)
+    out_dir = osp.abspath(show_dir) if show_dir else None
+    if scope == 'mmpretrain':
+        hook.update(enable=True, interval=1, **({'out_dir': out_dir} if out_dir else {}))
+    elif scope == 'mmdet':
+        hook.update(draw=True, **({'test_out_dir': out_dir} if out_dir else {}))
+    else:  # mmseg: its hook's subclass below
+        hook.pop('_scope_', None)
+        hook.update(type=register_seg_test_hook(), draw=True, out_dir=out_dir)
+    cfg.default_hooks['visualization'] = hook
+
+
+def register_seg_test_hook() -> str:
+    """Register (in mmseg's HOOKS) and name a ``SegVisualizationHook`` that draws every test image into a
+    folder itself, without touching ``runner.iter`` (which would build the training loop and its data)."""
+    import mmcv
+    from mmengine import fileio
+    from mmseg.engine.hooks import SegVisualizationHook
+    from mmseg.registry import HOOKS
+
+    class KATSegTestVisualizationHook(SegVisualizationHook):
+
+        def __init__(self, out_dir=None, **kwargs):
+            super().__init__(**kwargs)
+            self.out_dir = out_dir
+
+        def after_test_iter(self, runner, batch_idx, data_batch, outputs):
+            if not self.draw:
+                return
+            if self.out_dir:
+                os.makedirs(self.out_dir, exist_ok=True)
+            for output in outputs:
+                name = osp.basename(output.img_path)
+                image = mmcv.imfrombytes(fileio.get(output.img_path, backend_args=self.backend_args),
+                                         channel_order='rgb')
+                self._visualizer.add_datasample(
+                    f'test_{name}', image, data_sample=output, show=self.show, wait_time=self.wait_time,
+                    out_file=osp.join(self.out_dir, name) if self.out_dir else None, step=batch_idx)
+
+    HOOKS.register_module(name=KATSegTestVisualizationHook.__name__, module=KATSegTestVisualizationHook, force=True)
+    return KATSegTestVisualizationHook.__name__
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.config):
@@ -81,6 +165,14 @@ def main(argv=None):
         fail(f'--out must name a .pkl or .pickle file, got {args.out}')
     if args.out is not None and osp.exists(args.out) and not args.force:
         fail(f'--out: {args.out} exists; pass --force to replace it, or name another file')
+    if args.show_dir is not None and osp.exists(args.show_dir) and not osp.isdir(args.show_dir):
+        fail(f'--show-dir: {args.show_dir} is a file, not a folder')
+    if args.show_dir is not None and osp.isdir(args.show_dir) and os.listdir(args.show_dir) and not args.force:
+        fail(f'--show-dir: {args.show_dir} already holds files; pass --force to write into it, or name another '
+             'folder')
+    if args.show and not has_display():
+        fail('--show needs a display to open windows on, and none is set (DISPLAY / WAYLAND_DISPLAY); save the '
+             'pictures with --show-dir DIR instead')
 
     from mmengine.config import Config
 
@@ -102,10 +194,12 @@ def main(argv=None):
              'name from configs/kat/metafile.yml)')
     cfg.load_from = checkpoint
     cfg.resume = False
+    if args.show_dir is not None or args.show:
+        enable_visualization(cfg, args.show_dir, args.show, args.wait_time)
 
     from mmengine.evaluator import DumpResults
 
-    from mmkat.engine import data_errors_named, prepare_runner
+    from mmkat.engine import prepare_runner, report_data_errors
     runner = prepare_runner(cfg, args.config, ('test_dataloader', ), 'tests on', fail)
 
     # does it fill the model? (mmengine only logs what it could not place)
@@ -127,7 +221,7 @@ def main(argv=None):
         os.makedirs(out_dir, exist_ok=True)
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
 
-    with data_errors_named(cfg, fail):
+    with report_data_errors(cfg, fail):
         runner.test()
 
 

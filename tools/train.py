@@ -18,10 +18,7 @@ import os.path as osp
 import socket
 import sys
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import mmkat  # noqa: F401  (registers mmkat's modules, checkpoint allowlist and weights references)
 
 PROG = 'tools/train.py'
 
@@ -232,7 +229,7 @@ def resolve_resume(cfg, args):
     an empty last_checkpoint, a truncated latest file or a moved work dir do not crash or restart the run."""
     if not cfg.get('resume') or cfg.get('load_from') or _is_remote(cfg.work_dir):
         return
-    from mmkat.engine.hooks import find_resume_checkpoint
+    from mmkat.engine.resume import find_resume_checkpoint
     path, notes, found_any = find_resume_checkpoint(cfg.work_dir)
     for note in notes:
         print(f'{PROG}: resume: {note}', file=sys.stderr)
@@ -312,9 +309,9 @@ def check_checkpoint(cfg):
     if handled_by_mmkat(ref) or ref.startswith(('http://', 'https://')):
         # a weights name, hf_hub:, .safetensors or URL: fetched (once, into the cache the run then reads) and
         # digest-checked by mmkat.hub, or by mmengine's loader for other URLs
-        from mmkat.engine.checkpoint_fit import read_state_dict
+        from mmkat.engine.checkpoint_fit import read_as_mmengine
         try:
-            read_state_dict(ref)
+            read_as_mmengine(ref)
         except (ValueError, WeightsError) as e:
             fail(f'{what}: {e}')
         except (pickle.UnpicklingError, EOFError) as e:
@@ -432,12 +429,6 @@ def _accelerator_available():
     return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
 
 
-def build_runner(cfg):
-    """The config's runner (see mmkat.engine.launch)."""
-    from mmkat.engine import build_runner as build
-    return build(cfg)
-
-
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.config):
@@ -447,7 +438,7 @@ def main(argv=None):
 
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
-    from mmkat.engine import data_errors_named, prepare_runner
+    from mmkat.engine import prepare_runner, report_data_errors
     if args.amp and not _accelerator_available():
         fail("--amp needs a CUDA GPU (or an NPU, MLU or MUSA device): mmengine's AmpOptimWrapper refuses "
              'to train on the CPU. Drop --amp to train in fp32.')
@@ -472,7 +463,7 @@ def main(argv=None):
     runner = prepare_runner(cfg, args.config, loaders, 'trains on', fail, before_build=before_build)
     from mmkat.engine.hooks import CheckpointSaveError
     try:
-        with data_errors_named(cfg, fail):
+        with report_data_errors(cfg, fail):
             runner.train()
     except CheckpointSaveError as e:
         fail(str(e))

@@ -19,14 +19,9 @@ from typing import List, Mapping, Sequence, Tuple
 import numpy as np
 import torch
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mmkat.models.checkpoint import CheckpointError, read_state_dict  # noqa: E402
-from mmkat.ops import get_preset, group_rational  # noqa: E402
-from mmkat.utils.rationals import Key, RationalsError, collect_rationals, evaluate_rationals  # noqa: E402
+from mmkat.models.checkpoint import CheckpointError, read_state_dict
+from mmkat.ops import get_preset, group_rational
+from mmkat.utils.rationals import Key, RationalsError, collect_rationals, evaluate_rationals
 
 
 def _preset_curves(x: np.ndarray, names: Sequence[str]) -> List[Tuple[str, np.ndarray]]:

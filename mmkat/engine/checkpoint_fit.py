@@ -11,8 +11,7 @@ from typing import Dict, List, NamedTuple, Union
 
 import torch
 
-from mmkat.models.checkpoint import MMENGINE_WRAPPERS, is_released_layout, unwrap_state_dict
-from mmkat.models.checkpoint import read_state_dict as read_checkpoint
+from mmkat.models.checkpoint import MMENGINE_WRAPPERS, is_released_layout, read_state_dict, unwrap_state_dict
 
 
 class CheckpointFit(NamedTuple):
@@ -42,11 +41,14 @@ class CheckpointFit(NamedTuple):
         return out
 
 
-def read_state_dict(ref: str) -> Dict[str, torch.Tensor]:
+def read_as_mmengine(ref: str) -> Dict[str, torch.Tensor]:
     """The tensors of a checkpoint as mmengine's loader sees them (the ``state_dict`` entry or the whole dict,
     ``module.`` dropped): a local ``.pth`` file read weights-only, anything else through mmengine's
     ``CheckpointLoader`` (mmkat's loader for what :func:`mmkat.hub.handled_by_mmkat` names, which gives the
-    OpenMMLab layout; mmengine's own for other URLs). Errors name the file or reference."""
+    OpenMMLab layout; mmengine's own for other URLs). Errors name the file or reference.
+
+    (:func:`mmkat.models.checkpoint.read_state_dict` reads a local file only, in mmkat's wrapper keys, and also
+    returns where in the file the state dict was found.)"""
     import os.path as osp
 
     from mmengine.runner.checkpoint import _load_checkpoint
@@ -54,7 +56,7 @@ def read_state_dict(ref: str) -> Dict[str, torch.Tensor]:
     from mmkat.hub import WeightsError, handled_by_mmkat
     try:
         if osp.isfile(ref) and not handled_by_mmkat(ref):
-            state, _ = read_checkpoint(ref, wrappers=MMENGINE_WRAPPERS, allow_empty=True)  # the fit lists misses
+            state, _ = read_state_dict(ref, wrappers=MMENGINE_WRAPPERS, allow_empty=True)  # the fit lists misses
         else:
             state, _ = unwrap_state_dict(_load_checkpoint(ref, map_location='cpu'), wrappers=MMENGINE_WRAPPERS,
                                          allow_empty=True)
@@ -68,12 +70,12 @@ def read_state_dict(ref: str) -> Dict[str, torch.Tensor]:
 
 
 def checkpoint_fit(model: torch.nn.Module, checkpoint: Union[str, Dict[str, torch.Tensor]]) -> CheckpointFit:
-    """Compare the tensors of ``checkpoint`` (a file, or a state dict :func:`read_state_dict` returned) with
+    """Compare the tensors of ``checkpoint`` (a file, or a state dict :func:`read_as_mmengine` returned) with
     ``model``'s state dict (a model wrapper is looked through)."""
     from mmengine.model import is_model_wrapper
     if is_model_wrapper(model):
         model = model.module
-    state = read_state_dict(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    state = read_as_mmengine(checkpoint) if isinstance(checkpoint, str) else checkpoint
     own = model.state_dict()
     params = {name for name, _ in model.named_parameters()}
     missing, mismatched, non_finite = [], [], []
@@ -92,4 +94,4 @@ def checkpoint_fit(model: torch.nn.Module, checkpoint: Union[str, Dict[str, torc
                          is_released_layout(state))
 
 
-__all__ = ['CheckpointFit', 'checkpoint_fit', 'read_state_dict']
+__all__ = ['CheckpointFit', 'checkpoint_fit', 'read_as_mmengine']

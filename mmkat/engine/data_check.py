@@ -178,11 +178,17 @@ def _empty_dataset(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def data_errors_named(cfg, fail: Callable[[str], None]):
-    """For the tools: turn data errors that do not name their file (a 0-byte image, an image of another size
-    than its annotation's, an annotation file that is not JSON, a dataset left empty) into a call of ``fail``
-    with a message that does. The config's pipelines must load images with KATLoadImageFromFile
-    (:func:`mmkat.datasets.transforms.name_unreadable_images`), whose errors name the file."""
+def report_data_errors(cfg, fail: Callable[[str], None]):
+    """A context manager for the tools: data errors raised inside it that do not name their file (a 0-byte
+    image, an image of another size than its annotation's, an annotation file that is not JSON, a dataset left
+    empty) become one call of ``fail`` with a message that does; other errors pass through unchanged. The
+    config's pipelines must load images with KATLoadImageFromFile
+    (:func:`mmkat.datasets.transforms.name_unreadable_images`), whose errors name the file.
+
+    Data is read at two moments, each covered by one ``with`` block: while the runner is built (a dataset
+    reads its annotation file; :func:`mmkat.engine.prepare_runner`) and while it runs (the data loaders read
+    the images; around ``runner.train()`` / ``runner.test()`` in the tools). In between, the tools run checks
+    of their own, whose ValueErrors are not data errors."""
     from mmkat.datasets.transforms import ImageSizeMismatchError, UnreadableImageError
     try:
         yield

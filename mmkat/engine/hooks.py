@@ -22,7 +22,8 @@ one resumes from the original folder. This hook, which ``tools/train.py`` puts i
   generators as it found them (it runs after the checkpoint is written, and a resumed run does not repeat
   it); training's random draws then do not depend on ``val_interval`` either.
 
-Remote out_dirs (``s3://`` ...) keep mmengine's behaviour.
+Remote out_dirs (``s3://`` ...) keep mmengine's behaviour. Which checkpoint ``tools/train.py --resume`` continues
+from is found by :mod:`mmkat.engine.resume`.
 """
 import os
 import os.path as osp
@@ -211,70 +212,3 @@ def _save_failure_message(final, partial_path, marker, error, removed, written, 
     else:
         last = 'there is no complete checkpoint of this run yet'
     return f'could not write the checkpoint {final} ({reason}){cleanup}; {last}'
-
-
-def checkpoint_is_complete(path: str) -> bool:
-    """A cheap check that a torch checkpoint file was written to the end: torch's zip format keeps its
-    directory at the end of the file, which a truncated file lacks. (A pre-zip file is loaded instead.)"""
-    import zipfile
-    try:
-        if osp.getsize(path) == 0:
-            return False
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                return any(n.endswith('/data.pkl') or n == 'data.pkl' for n in z.namelist())
-        import torch
-        torch.load(path, map_location='cpu', weights_only=True)
-        return True
-    except Exception:
-        return False
-
-
-def _step_of(name: str) -> int:
-    digits = ''.join(c if c.isdigit() else ' ' for c in name).split()
-    return int(digits[-1]) if digits else -1
-
-
-def find_resume_checkpoint(work_dir: str):
-    """The checkpoint a resume in ``work_dir`` continues from, and notes on what was passed over.
-
-    ``last_checkpoint`` first (a relative entry is relative to the work dir; an absolute one that is gone,
-    or lies outside the work dir while a file of that name is inside it, is looked for in the work dir),
-    then the work dir's ``epoch_*.pth`` / ``iter_*.pth`` from the highest step down. Files that were not
-    written to the end are skipped. Returns (path or None, notes, found_any_checkpoint).
-    """
-    import glob
-    notes, tried = [], set()
-    marker = osp.join(work_dir, 'last_checkpoint')
-    candidates = []
-    if osp.isfile(marker):
-        with open(marker) as f:
-            entry = f.read().strip()
-        if not entry:
-            notes.append(f'{marker} is empty')
-        else:
-            path = entry if osp.isabs(entry) or '://' in entry else osp.join(work_dir, entry)
-            local = osp.join(work_dir, osp.basename(entry))
-            outside = osp.isabs(entry) and osp.dirname(osp.abspath(entry)) != osp.abspath(work_dir)
-            if '://' not in entry and (not osp.isfile(path) or outside) and osp.isfile(local):
-                notes.append(f'last_checkpoint names {entry}; using the file of that name in the work dir, {local}')
-                path = local
-            candidates.append(path)
-    pattern = [p for p in glob.glob(osp.join(glob.escape(work_dir), '*.pth'))
-               if osp.basename(p).startswith(('epoch_', 'iter_'))]
-    candidates += sorted(pattern, key=lambda p: _step_of(osp.basename(p)), reverse=True)
-    found_any = bool(pattern) or bool(candidates)
-    for path in candidates:
-        if path in tried:
-            continue
-        tried.add(path)
-        if '://' in path:
-            return path, notes, True
-        if not osp.isfile(path):
-            notes.append(f'{path} (named by last_checkpoint) does not exist')
-            continue
-        if not checkpoint_is_complete(path):
-            notes.append(f'{path} is incomplete (written only in part), skipped')
-            continue
-        return path, notes, True
-    return None, notes, found_any

@@ -3,7 +3,7 @@ file or data, then build the runner (the config's ``runner_type``, default ``Run
 from typing import Callable, Optional, Sequence
 
 from .compile import compile_kat_modules, take_compile_option
-from .data_check import annotation_problems, config_copy_clash, data_errors_named, missing_data
+from .data_check import annotation_problems, config_copy_clash, missing_data, report_data_errors
 from .dist import setup_cpu_distributed
 
 
@@ -44,8 +44,10 @@ def prepare_runner(cfg, config_path: str, loaders: Sequence[str], purpose: str, 
         before_build()
     compile_kwargs = take_compile_option(cfg)  # mmengine's compile=True cannot trace its optimizer step
     setup_cpu_distributed(cfg)  # torchrun on a machine without a GPU: gloo
-    with data_errors_named(cfg, fail):  # building a dataset may read its annotation file
+    with report_data_errors(cfg, fail):  # building a dataset may read its annotation file
         runner = build_runner(cfg)
+    from .model_check import check_channels
+    check_channels(runner.model, fail)  # a head left at another backbone's channels, named before any forward
     if compile_kwargs is not None:
         compile_kat_modules(runner.model, compile_kwargs)
     return runner

@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 
 __all__ = [
-    'group_rational', 'group_rational_reference', 'extension_info', 'IMPLEMENTATIONS', 'NUM_NUMERATOR',
-    'NUM_DENOMINATOR', 'ENV_IMPL'
+    'group_rational', 'group_rational_reference', 'group_rational_reference_backward', 'group_rational_direct',
+    'extension_info', 'IMPLEMENTATIONS', 'NUM_NUMERATOR', 'NUM_DENOMINATOR', 'ENV_IMPL'
 ]
 
 NUM_NUMERATOR = 6
@@ -251,6 +251,34 @@ def group_rational_reference(x, weight_numerator, weight_denominator, groups):
     return _ReferenceFunction.apply(x, weight_numerator, weight_denominator, groups)
 
 
+def group_rational_reference_backward(grad_output, x, weight_numerator, weight_denominator, groups):
+    """The reference's gradient formulas alone, without autograd: (dx, d weight_numerator, d weight_denominator)
+    for the output gradient ``grad_output`` (the shape of ``x``), each in the dtype of its input. It is what the
+    backward of :func:`group_rational_reference` computes and what the compiled backward kernel is checked
+    against; benchmarks time it (eager and under torch.compile) beside that kernel."""
+    _check_inputs(x, weight_numerator, weight_denominator, groups)
+    if not isinstance(grad_output, torch.Tensor) or tuple(grad_output.shape) != tuple(x.shape):
+        shape = list(grad_output.shape) if isinstance(grad_output, torch.Tensor) else type(grad_output).__name__
+        raise ValueError(f'group_rational: grad_output must have the shape of x, {list(x.shape)}, got {shape}')
+    return _reference_backward(grad_output, x, weight_numerator, weight_denominator, groups)
+
+
+def _direct_forward(x, weight_numerator, weight_denominator, groups):
+    xg, a, babs = _grouped(x, weight_numerator, weight_denominator, groups)
+    p, q = _direct_terms(xg, a, babs)
+    return (p / q).reshape(x.shape).to(x.dtype)
+
+
+def group_rational_direct(x, weight_numerator, weight_denominator, groups):
+    """The bare direct formula P(x) / Q(|x|) everywhere, without the divided-through form the other
+    implementations switch to beyond |x| = FAR_THRESHOLD: it overflows to inf / NaN for |x| beyond ~1e7 in fp32,
+    where F(x) is finite. Not for models; benchmarks compare the overflow handling's cost against it
+    (``tools/benchmark_op.py --fused-forward``; ``compile_forward = 'direct'`` puts it in compiled models).
+    Equal to :func:`group_rational_reference` up to rounding for |x| <= FAR_THRESHOLD; gradients by autograd."""
+    _check_inputs(x, weight_numerator, weight_denominator, groups)
+    return _direct_forward(x, weight_numerator, weight_denominator, groups)
+
+
 # ------------------------------------------------------------------------- the compiled op: fake kernels
 # The autograd kernel of group_rational_forward is registered in C++ (csrc/group_rational_autograd.cpp):
 # a call costs one dispatcher trip in eager mode, forward and backward. Only the fake (meta) kernels, which
@@ -277,11 +305,13 @@ else:
 #       inductor fuses with its neighbours (the LayerNorm before act1, the bias add of fc1 before act2,
 #       dtype casts); the backward stays the mmkat.group_rational_backward kernel (dx and the coefficient
 #       gradients in one pass, deterministic), reached through the C++ autograd kernel as in eager mode;
-#   'opaque': the forward kernel stays one opaque call too.
+#   'opaque': the forward kernel stays one opaque call too;
+#   'direct': decomposed like 'decomposed', into the bare direct formula (group_rational_direct) without the
+#       overflow handling: wrong (inf / NaN) for |x| beyond ~1e7 in fp32; only to measure what the handling costs.
 # The decomposition is added to (or, for 'opaque', removed from) inductor's decomposition table when a graph
 # holding the op is traced (so that `import mmkat` does not import inductor); other backends keep the opaque
 # op. Set compile_forward before torch.compile traces (or call torch._dynamo.reset() after changing it).
-COMPILE_MODES = ('decomposed', 'opaque')
+COMPILE_MODES = ('decomposed', 'opaque', 'direct')
 ENV_COMPILE = 'MMKAT_COMPILE_FORWARD'
 
 
@@ -324,12 +354,14 @@ def _register_inductor_decomposition() -> bool:
     from torch._inductor import config as inductor_config
     from torch._inductor import decomposition as inductor_decompositions
     table = inductor_decompositions.decompositions
-    registered = table.get(_FORWARD_OP) is _reference_forward
-    if _FORWARD_OP is not None and registered != (compile_forward == 'decomposed'):
-        if registered:
+    wanted = {'decomposed': _reference_forward, 'direct': _direct_forward}.get(compile_forward)
+    current = table.get(_FORWARD_OP)
+    ours = current is _reference_forward or current is _direct_forward
+    if _FORWARD_OP is not None and current is not wanted and (wanted is not None or ours):
+        if wanted is None:
             del table[_FORWARD_OP]  # 'opaque': inductor refuses an op that is both a fallback and decomposed
         else:
-            table[_FORWARD_OP] = _reference_forward  # the specification's pointwise formula
+            table[_FORWARD_OP] = wanted  # the specification's pointwise formula (or the bare direct one)
         cached = getattr(inductor_decompositions, 'fast_random_decomps', None)
         if cached is not None and hasattr(cached, 'cache_clear'):
             cached.cache_clear()  # a table copied by an earlier compilation must see the change

@@ -24,6 +24,7 @@ import types
 import numpy as np
 import pytest
 import torch
+
 from tests.conftest import needs, write_idx_split
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -254,8 +255,9 @@ def test_fashion_mnist_kat_t_is_the_tiny_kat_on_grey_28px_images():
 # ----------------------------------------------------------------------------- scopes and registries
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg', 'mmpretrain'])
 def test_kat_resolves_in_every_downstream_scope(scope):
-    import mmkat
     from mmengine.registry import init_default_scope
+
+    import mmkat
 
     registry = importlib.import_module(f'{scope}.registry').MODELS
     assert registry.get('KAT') is mmkat.KAT

@@ -5,6 +5,7 @@ import os.path as osp
 
 import pytest
 import torch
+
 from tests.conftest import needs
 
 pytestmark = needs('mmdet')
@@ -16,9 +17,10 @@ TINY = dict(embed_dims=32, num_layers=4, num_heads=2)
 
 def tiny_detector(cfg):
     """Swap the tiny arch into a Mask R-CNN config (no pretrained file) and build it under mmdet's scope."""
-    import mmkat  # noqa: F401
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
+
+    import mmkat  # noqa: F401
 
     backbone = cfg.model.backbone
     backbone.arch = TINY

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tests.conftest import needs
 
 pytestmark = needs('mmdet', 'pycocotools')
@@ -99,8 +100,8 @@ def test_benchmark_config_times_both_variants_of_the_demo_detector(tmp_path):
     rc, log = run(osp.join(ROOT, 'tools', 'benchmark_config.py'), CONFIG, '--batch-size', 1, '--steps', 1,
                   '--warmup', 1, '--size', 128, 128, '--out', out, cwd=tmp_path)
     assert rc == 0, log[-3000:]
-    result = json.loads(out.read_text())
-    assert result['meta']['task'] == 'det' and result['meta']['size'] == [128, 128]
+    result = json.loads(out.read_text())['runs'][-1]
+    assert result['settings']['task'] == 'det' and result['settings']['size'] == [128, 128]
     rows = {row['variant']: row for row in result['rows']}
     assert set(rows) == {'kat', 'gelu'}
     assert rows['kat']['backbone_params_m'] == pytest.approx(rows['gelu']['backbone_params_m'], rel=0.01)
@@ -109,4 +110,4 @@ def test_benchmark_config_times_both_variants_of_the_demo_detector(tmp_path):
     assert '| KAT (group-rational KAN) |' in log and '| ViT (GELU MLP) |' in log
     rc, log = run(osp.join(ROOT, 'tools', 'benchmark_config.py'), CONFIG, '--batch-size', 1, '--steps', 1,
                   '--warmup', 0, '--size', 128, 128, '--variants', 'gelu', '--out', out, cwd=tmp_path)
-    assert rc == 0 and 'exists: keeping it' in log  # an earlier result is never overwritten
+    assert rc == 0 and len(json.loads(out.read_text())['runs']) == 2  # appended: an earlier run is kept

@@ -8,8 +8,8 @@ import os.path as osp
 import pytest
 import torch
 
-from tests.test_configs.test_det_demo import data_options, run
 from tests.conftest import needs
+from tests.test_configs.test_det_demo import data_options, run
 
 pytestmark = needs('mmseg')
 
@@ -31,10 +31,11 @@ model = dict(
 
 
 def build_segmentor(cfg, dims=32):
-    import mmkat  # noqa: F401
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
+
+    import mmkat  # noqa: F401
     init_default_scope('mmseg')
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -190,6 +191,7 @@ def test_seg_optim_wrapper_applies_layer_decay():
 
 def test_demo_config_is_the_scaled_down_recipe():
     from mmengine.config import Config
+
     from mmkat.datasets import SEG_CLASSES
     cfg = Config.fromfile(DEMO)
     assert tuple(cfg.classes) == SEG_CLASSES and cfg.model.decode_head.num_classes == len(SEG_CLASSES)
@@ -252,7 +254,7 @@ def test_benchmark_config_times_the_segmentor(tmp_path):
     rc, log = run(osp.join(ROOT, 'tools', 'benchmark_config.py'), DEMO, '--batch-size', 2, '--steps', 1,
                   '--warmup', 1, '--size', 64, 96, '--out', out, cwd=tmp_path)
     assert rc == 0, log[-3000:]
-    result = json.loads(out.read_text())
-    assert result['meta']['task'] == 'seg' and result['meta']['size'] == [64, 96]
+    result = json.loads(out.read_text())['runs'][-1]
+    assert result['settings']['task'] == 'seg' and result['settings']['size'] == [64, 96]
     assert {row['variant'] for row in result['rows']} == {'kat', 'gelu'}
     assert all(row['iters_per_s'] > 0 and row['final_loss'] > 0 for row in result['rows'])

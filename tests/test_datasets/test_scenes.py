@@ -97,9 +97,10 @@ def test_bad_arguments(tmp_path, kwargs, match):
 
 @needs('mmdet')
 def test_mmdet_coco_dataset_reads_the_set(scenes):
-    import mmkat  # noqa: F401
     from mmdet.datasets import CocoDataset
     from mmengine.registry import init_default_scope
+
+    import mmkat  # noqa: F401
     init_default_scope('mmdet')
     root, counts = scenes
     dataset = CocoDataset(data_root=root, ann_file='annotations/instances_val.json',

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from mmengine.config import Config
@@ -217,8 +218,13 @@ def test_the_tools_refuse_before_building_anything(tmp_path):
     cfg = coco_set_cfg(tmp_path)
     cfg.work_dir = str(tmp_path / 'work')
     built = []
+
+    def build(config):  # stands in for the runner: records that it was built
+        built.append(config)
+        return SimpleNamespace(model=None)
+
     original = launch.build_runner
-    launch.build_runner = built.append
+    launch.build_runner = build
     try:
         with pytest.raises(Refused, match=r'the data does not fit its annotation files:\n  train_dataloader.dataset: '
                                           r'1 of the 3 images .* is 1x1 \(width x height\), its entry says 64x64'):
@@ -237,7 +243,7 @@ def test_a_dataset_left_empty_is_named(tmp_path):
     becomes a message naming the dataset's annotation file."""
     from mmdet.utils import register_all_modules
 
-    from mmkat.engine import data_errors_named
+    from mmkat.engine import report_data_errors
     register_all_modules()
     from mmdet.registry import DATASETS
     ann = write_coco(tmp_path)
@@ -245,7 +251,7 @@ def test_a_dataset_left_empty_is_named(tmp_path):
                    data_prefix=dict(img='images/train/'), metainfo=dict(classes=('other', )),
                    filter_cfg=dict(filter_empty_gt=True), pipeline=[])
     messages = []
-    with data_errors_named(Config(dict(train_dataloader=dict(dataset=dataset))), messages.append):
+    with report_data_errors(Config(dict(train_dataloader=dict(dataset=dataset))), messages.append):
         DATASETS.build(dataset)
     assert len(messages) == 1 and messages[0].startswith(f"the CocoDataset of '{ann}' has no samples left"), messages
 

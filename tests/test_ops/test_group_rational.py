@@ -6,8 +6,15 @@ import pytest
 import torch
 
 import mmkat.ops.rational as gr
-from mmkat.ops import (ENV_IMPL, extension_info, get_preset, group_rational, group_rational_compiled,
-                       group_rational_reference, preset_names)
+from mmkat.ops import (
+    ENV_IMPL,
+    extension_info,
+    get_preset,
+    group_rational,
+    group_rational_compiled,
+    group_rational_reference,
+    preset_names,
+)
 
 requires_ext = pytest.mark.skipif(not extension_info()['loaded'], reason='mmkat._C is not built')
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from tests.test_models.test_kat import SMALL, released_forward, released_like_state_dict
 from tests.conftest import needs
+from tests.test_models.test_backbones.test_kat import SMALL, released_forward, released_like_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, 'tools', 'convert_checkpoint.py')
@@ -18,9 +18,10 @@ def convert(*args):
 
 
 def classifier():
-    import mmkat  # noqa: F401
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
+    import mmkat  # noqa: F401
     init_default_scope('mmpretrain')
     return MODELS.build(dict(
         type='ImageClassifier',

@@ -9,6 +9,7 @@ import tarfile
 
 import numpy as np
 import pytest
+
 from tests.conftest import idx_images, idx_labels, needs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

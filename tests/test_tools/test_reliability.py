@@ -410,7 +410,7 @@ def test_an_unreadable_checkpoint_is_named_in_one_line(train_module, tiny, run2,
     def unreachable(ref):
         raise WeightsError(f'could not download {ref}: no network')
 
-    monkeypatch.setattr(checkpoint_fit, 'read_state_dict', unreachable)
+    monkeypatch.setattr(checkpoint_fit, 'read_as_mmengine', unreachable)
     url = 'https://example.invalid/kat_' + '0' * 64 + '.pth'
     with pytest.raises(SystemExit) as info:
         train_module.main([str(tiny.config), '--work-dir', str(work), '--cfg-options', f'load_from={url}'])

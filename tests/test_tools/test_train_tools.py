@@ -352,60 +352,6 @@ def test_guard_looks_in_the_checkpoint_hooks_out_dir(train_module, tiny, tmp_pat
         train_module.guard_work_dir(cfg, args)
 
 
-
-def test_runner_type_is_honoured(train_module):
-    from mmengine.config import Config
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    class _MarkerRunner(Runner):
-        @classmethod
-        def from_cfg(cls, cfg):
-            return ('built by', cls.__name__, cfg.work_dir)
-
-    RUNNERS.register_module(name='MmkatTestMarkerRunner', module=_MarkerRunner, force=True)
-    cfg = Config(dict(runner_type='MmkatTestMarkerRunner', work_dir='w', model=dict(type='X')))
-    assert train_module.build_runner(cfg) == ('built by', '_MarkerRunner', 'w')
-
-# ---- mmkat.engine.allow_mmengine_checkpoints, in process ---------------------------------------------
-
-class _GetattrReference:
-    """Pickles as getattr(HistoryBuffer, '__init__'): a getattr that mmengine never writes."""
-
-    def __reduce__(self):
-        from mmengine.logging import HistoryBuffer
-        return getattr, (HistoryBuffer, '__init__')
-
-
-def test_allowlist_is_narrow_and_idempotent(tmp_path):
-    from mmengine.logging import HistoryBuffer
-
-    from mmkat.engine import allow_mmengine_checkpoints
-
-    names = allow_mmengine_checkpoints()
-    size = len(torch.serialization.get_safe_globals())
-    assert allow_mmengine_checkpoints() == names
-    assert len(torch.serialization.get_safe_globals()) == size
-    assert 'builtins.getattr' in names and 'mmengine.logging.history_buffer.HistoryBuffer' in names
-    allowed = [g[0] if isinstance(g, tuple) else g for g in torch.serialization.get_safe_globals()]
-    assert getattr not in allowed  # the real getattr is never allowed
-
-    # what mmengine writes loads, with weights_only=True
-    buffer = HistoryBuffer([1.0, 3.0], [1, 1])
-    torch.save({'buffer': buffer, 'eta': np.float64(2.5), 'array': np.arange(3)}, tmp_path / 'ok.pth')
-    loaded = torch.load(tmp_path / 'ok.pth', weights_only=True)
-    assert loaded['buffer'].mean() == 2.0 and loaded['buffer'].statistics('max') == 3.0
-    assert loaded['eta'] == 2.5 and loaded['array'].tolist() == [0, 1, 2]
-
-    # any other getattr, and numpy arrays of Python objects, are still refused
-    torch.save({'x': _GetattrReference()}, tmp_path / 'getattr.pth')
-    with pytest.raises(pickle.UnpicklingError, match='is not allowed'):
-        torch.load(tmp_path / 'getattr.pth', weights_only=True)
-    torch.save({'x': np.array([1, 'a'], dtype=object)}, tmp_path / 'objects.pth')
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(tmp_path / 'objects.pth', weights_only=True)
-
-
 # ---- launch scripts, with stand-ins for python and srun ----------------------------------------------
 
 def _recorder(path):
@@ -460,3 +406,82 @@ def test_slurm_script_calls_srun(tmp_path, monkeypatch):
         '--cpus-per-task=5', '--kill-on-bad-exit=1', '--time=1:00:00', '--quotatype=auto',
         'py', '-u', TRAIN, 'cfg.py', '--work-dir=wd', '--launcher', 'slurm', '--resume']
 
+
+
+# ---- tools/test.py --show-dir / --show, and the channel check of prepare_runner -----------------------
+
+@pytest.mark.slow
+def test_show_dir_draws_the_test_predictions_and_is_not_overwritten(tiny, trained, tmp_path):
+    """mmpretrain's VisualizationHook, switched on as mmpretrain's tools/test.py does: every test image drawn
+    (named after the image file's base name: the tiny set's two classes share their four names)."""
+    assert trained.rc == 0, trained.log[-3000:]
+    show = tmp_path / 'vis'
+    args = (tiny.config, trained.work_dir / 'epoch_2.pth', '--work-dir', tmp_path / 'test', '--show-dir', show)
+    rc, log = run_tool(TEST, *args, cwd=tiny.root)
+    assert rc == 0, log[-3000:]
+    assert 'accuracy/top1' in log
+    assert sorted(p.name for p in show.iterdir()) == [f'{i}.png_0.png' for i in range(4)]
+    before = {p.name: p.stat().st_mtime_ns for p in show.iterdir()}
+    rc, log = run_tool(TEST, *args, cwd=tiny.root)
+    assert rc == 1 and '--show-dir' in log and 'already holds files' in log and 'Traceback' not in log
+    assert {p.name: p.stat().st_mtime_ns for p in show.iterdir()} == before
+    rc, log = run_tool(TEST, *args, '--force', cwd=tiny.root)
+    assert rc == 0, log[-3000:]
+
+
+def test_show_needs_a_display_and_show_dir_a_folder(tiny, tmp_path, monkeypatch):
+    checkpoint = tmp_path / 'w.pth'
+    checkpoint.write_bytes(b'not read: refused before')
+    monkeypatch.delenv('DISPLAY', raising=False)
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    rc, log = run_tool(TEST, tiny.config, checkpoint, '--show', '--work-dir', tmp_path / 'w', cwd=tmp_path)
+    assert rc == 1 and '--show needs a display' in log and '--show-dir' in log and 'Traceback' not in log
+    (tmp_path / 'a_file').write_text('mine')
+    rc, log = run_tool(TEST, tiny.config, checkpoint, '--show-dir', tmp_path / 'a_file', cwd=tmp_path)
+    assert rc == 1 and 'is a file, not a folder' in log
+    assert not (tmp_path / 'w').exists() and (tmp_path / 'a_file').read_text() == 'mine'
+
+
+@pytest.fixture(scope='module')
+def dense_demo(tmp_path_factory):
+    """Three drawn scenes, and weights of the freshly built demo detector and segmentor."""
+    from tests.test_tools.test_infer_tool import DET_DEMO, SEG_DEMO, draw_scenes, fresh_weights
+    root = tmp_path_factory.mktemp('dense_demo')
+    return types.SimpleNamespace(root=root, scenes=draw_scenes(root / 'scenes', val=3), det=DET_DEMO, seg=SEG_DEMO,
+                                 det_weights=fresh_weights(DET_DEMO, root / 'det.pth'),
+                                 seg_weights=fresh_weights(SEG_DEMO, root / 'seg.pth'))
+
+
+def _dense_options(demo, detection):
+    from tests.test_configs.test_det_demo import data_options
+    return ['--cfg-options', *data_options(demo.scenes, coco_metric=detection), 'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task', ['detection', 'segmentation'])
+def test_show_dir_draws_detections_and_segmentations(dense_demo, task, tmp_path):
+    """mmdet's DetVisualizationHook and mmseg's SegVisualizationHook (a subclass that does not need the
+    training data) write DIR/<image name> for each test image."""
+    config, weights = (dense_demo.det, dense_demo.det_weights) if task == 'detection' else \
+        (dense_demo.seg, dense_demo.seg_weights)
+    show = tmp_path / 'vis'
+    rc, log = run_tool(TEST, config, weights, '--work-dir', tmp_path / 'work', '--show-dir', show,
+                       *_dense_options(dense_demo, task == 'detection'), cwd=tmp_path)
+    assert rc == 0, log[-3000:]
+    assert ('coco/bbox_mAP' if task == 'detection' else 'mIoU') in log
+    assert sorted(p.name for p in show.iterdir()) == [f'00000{i}.jpg' for i in range(3)]
+    from PIL import Image
+    assert Image.open(show / '000000.jpg').size == (128, 64)  # ground truth beside the prediction
+
+
+@pytest.mark.slow
+def test_a_head_at_another_backbones_channels_is_refused_before_testing(dense_demo, tmp_path):
+    """mmkat.engine.prepare_runner checks the built model: the demo segmentor's auxiliary head left at a
+    ResNet's 1024 channels is named with the channels KAT (through the neck) gives, before any forward."""
+    rc, log = run_tool(TEST, dense_demo.seg, dense_demo.seg_weights, '--work-dir', tmp_path / 'work',
+                       *_dense_options(dense_demo, False), 'model.auxiliary_head.in_channels=1024', cwd=tmp_path)
+    assert rc == 1 and 'Traceback' not in log, log[-3000:]
+    assert 'model.auxiliary_head (FCNHead) takes in_channels=1024 at in_index=3: set ' \
+        'model.auxiliary_head.in_channels=96' in log, log[-3000:]
+    assert 'Iter(test)' not in log

@@ -13,11 +13,6 @@ import os.path as osp
 import sys
 import time
 
-try:  # the installed mmkat, else the one of the checkout this tool belongs to
-    import mmkat  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
 DEFAULT_OUT = 'data/kat_demo_scenes'
 
 
