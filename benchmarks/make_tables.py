@@ -287,6 +287,38 @@ def tests_table(results) -> str:
     return table(['machine', 'command', 'summary', 'skipped'], rows)
 
 
+# ------------------------------------------- the kernels before / after, side by side on one H100 (kernel_ab_h100)
+def _ab_runs(results, tool):
+    runs = [r for r in load('kernel_ab_h100.json', results)['runs'] if r['settings']['tool'] == tool]
+    return tuple([r for r in runs if r['settings']['kernel'] == kernel] for kernel in ('before', 'after'))
+
+
+def kernel_ab_op_table(results) -> str:
+    before, after = _ab_runs(results, 'benchmark_op')
+    rows = []
+    for old, new in zip(before[0]['rows'], after[0]['rows']):
+        shape = 'x'.join(map(str, old['shape']))
+        rows.append([shape, old['dtype'], f"{old['ms']['fwd']:.3f} / {new['ms']['fwd']:.3f}",
+                     f"{old['ms']['bwd']:.3f} / {new['ms']['bwd']:.3f}",
+                     f"{old['ms']['fwd_bwd']:.3f} / {new['ms']['fwd_bwd']:.3f}", f"{old['floor_ms']['fwd_bwd']:.3f}",
+                     f"{old['x_floor']:.2f} / **{new['x_floor']:.2f}**"])
+    return table(['shape', 'dtype', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'floor ms', 'x floor'], rows)
+
+
+def kernel_ab_speed_table(results) -> str:
+    before, after = _ab_runs(results, 'benchmark')
+    rows = []
+    for old, new in zip(before, after):
+        def ratio(run, mode, key='images_per_s'):
+            by = {(r['model'], r['mode']): r for r in run['rows']}
+            return by[('kat', mode)][key] / by[('vit', mode)][key]
+        arch, compile_ = old['rows'][0]['arch'], old['rows'][0]['compile']
+        rows.append([arch, compile_, f"{ratio(old, 'train'):.2f}x / **{ratio(new, 'train'):.2f}x**",
+                     f"{ratio(old, 'infer'):.2f}x / **{ratio(new, 'infer'):.2f}x**",
+                     f"{ratio(new, 'train', 'peak_mem_gib'):.2f}x"])
+    return table(['arch', 'compile', 'train, KAT / twin', 'inference, KAT / twin', 'training memory'], rows)
+
+
 TABLES = {
     'files': files_table,
     'speed': speed_table,
@@ -307,6 +339,8 @@ TABLES = {
     'seg': lambda res: config_table('seg', res),
     'demos': demo_table,
     'tests': tests_table,
+    'kernel-ab-op': kernel_ab_op_table,
+    'kernel-ab-speed': kernel_ab_speed_table,
 }
 
 

@@ -131,9 +131,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const sca
         const int64_t ru = r + u * row_step;
         if (ru < L.rows) {
           V out;
+          T xv[VEC];
+          T amax = T(0);
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            out.v[k] = static_cast<scalar_t>(rational_forward<T>(static_cast<T>(in[u].v[k]), a, babs));
+            xv[k] = static_cast<T>(in[u].v[k]);
+            amax = fmax(amax, magnitude(xv[k]));  // NaN is passed over: it takes the direct form anyway
+          }
+          if (amax > T(kFarThreshold)) {  // rare: a huge or infinite element; each element picks its form
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) out.v[k] = static_cast<scalar_t>(rational_forward<T>(xv[k], a, babs));
+          } else {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+              out.v[k] = static_cast<scalar_t>(rational_forward_direct<T>(xv[k], fabs(xv[k]), a, babs));
+            }
           }
           store_vec(y + ru * L.channels + g * L.d + cv * VEC, out);
         }
@@ -204,10 +216,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const sc
           const int64_t ru = r + u * row_step;
           if (ru < L.rows) {
             V out;
+            T xv[VEC], gv[VEC];
+            T amax = T(0);
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
-              out.v[k] = static_cast<scalar_t>(rational_backward<T>(static_cast<T>(xin[u].v[k]),
-                                                                    static_cast<T>(gin[u].v[k]), a, babs, acc));
+              xv[k] = static_cast<T>(xin[u].v[k]);
+              gv[k] = static_cast<T>(gin[u].v[k]);
+              amax = fmax(amax, magnitude(xv[k]));  // NaN is passed over: it takes the direct form anyway
+            }
+            if (amax > T(kFarThreshold)) {  // rare: a huge or infinite element; each element picks its form
+#pragma unroll
+              for (int k = 0; k < VEC; ++k) {
+                out.v[k] = static_cast<scalar_t>(rational_backward<T>(xv[k], gv[k], a, babs, acc));
+              }
+            } else {  // the hot path: the direct form, no per-element test
+#pragma unroll
+              for (int k = 0; k < VEC; ++k) {
+                out.v[k] = static_cast<scalar_t>(rational_backward_direct<T>(xv[k], gv[k], a, babs, acc));
+              }
             }
             store_vec(dx + ru * L.channels + g * L.d + cv * VEC, out);
           }

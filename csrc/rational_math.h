@@ -19,12 +19,19 @@
 
 namespace mmkat {
 
-// 1 / q, correctly rounded: bitwise the same as the division 1 / q, but on the GPU the reciprocal
-// instruction sequence is shorter than the general division routine.
+// 1 / q for the direct form's denominator, q = Q(|x|) >= 1 (or NaN). On the GPU, in fp32: the hardware's
+// approximate reciprocal refined by one Newton step, within one unit in the last place of 1 / q and without the
+// slow path of a correctly rounded division (q is never 0, subnormal or, for |x| <= kFarThreshold and
+// coefficients of sane size, infinite). Elsewhere, and in fp64, the division.
 template <typename T>
-MMKAT_HD T reciprocal(T q) {
+MMKAT_HD T reciprocal_of_denominator(T q) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == 4) return __frcp_rn(q);
+  if constexpr (sizeof(T) == 4) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(q));
+    const float e = fmaf(-q, r, 1.0f);
+    return fmaf(r, e, r);
+  }
 #endif
   return T(1) / q;
 }
@@ -73,7 +80,12 @@ MMKAT_HD T denominator(T ax, const T* babs) {
 // F(x) in the direct form (|x| <= kFarThreshold; ax = |x|).
 template <typename T>
 MMKAT_HD T rational_forward_direct(T x, T ax, const T* a, const T* babs) {
+#if defined(__CUDA_ARCH__)
+  // P times the reciprocal of Q (within an ulp of the quotient, without the division's slow path)
+  return numerator(x, a) * reciprocal_of_denominator(denominator(ax, babs));
+#else
   return numerator(x, a) / denominator(ax, babs);
+#endif
 }
 
 // The divided-through form's polynomials (|x| > kFarThreshold, t = 1/x, u = |t|): the direct form's
@@ -119,44 +131,53 @@ MMKAT_HD T rational_forward(T x, const T* a, const T* babs) {
 // (kStride > 1 lets a CPU loop keep one accumulator row per vector lane.) The direct form, |x| <= kFarThreshold:
 template <typename T, int kStride = 1>
 MMKAT_HD T rational_backward_direct(T x, T dy, const T* a, const T* babs, T* g) {
-  const T sx = x < T(0) ? T(-1) : T(1);  // sign(0) = +1
-  const T ax = x * sx;
-  const T p = numerator(x, a);
-  T dp = T(5) * a[5];
-  dp = dp * x + T(4) * a[4];
-  dp = dp * x + T(3) * a[3];
-  dp = dp * x + T(2) * a[2];
-  dp = dp * x + a[1];
-  const T q = denominator(ax, babs);
-  T dq = T(4) * babs[3];
-  dq = dq * ax + T(3) * babs[2];
-  dq = dq * ax + T(2) * babs[1];
-  dq = dq * ax + babs[0];
-  const T iq = reciprocal(q);
+  const bool negative = x < T(0);  // sign(x) = -1, else +1 (sign(0) = +1)
+#if defined(__CUDA_ARCH__)
+  const T ax = fabs(x);  // an operand modifier of the instructions that read it, not an instruction
+#else
+  const T ax = magnitude(x);
+#endif
+  // The powers of x, shared by P, P', Q, Q' and the ten coefficient sums (|x|^2 = x^2, |x|^4 = x^4): every
+  // polynomial below is then one fused multiply-add per term (the k a_k and (j+1) |b_j| are the same for
+  // every element: the compiler computes them once per thread).
+  const T x2 = x * x;
+  const T x3 = x2 * x;
+  const T x4 = x2 * x2;
+  const T x5 = x4 * x;
+  const T ax3 = x2 * ax;
+  T p = a[1] * x + a[0];
+  p = a[2] * x2 + p;
+  p = a[3] * x3 + p;
+  p = a[4] * x4 + p;
+  p = a[5] * x5 + p;
+  T dp = (T(2) * a[2]) * x + a[1];
+  dp = (T(3) * a[3]) * x2 + dp;
+  dp = (T(4) * a[4]) * x3 + dp;
+  dp = (T(5) * a[5]) * x4 + dp;
+  T q = babs[0] * ax + T(1);
+  q = babs[1] * x2 + q;
+  q = babs[2] * ax3 + q;
+  q = babs[3] * x4 + q;
+  T dq = (T(2) * babs[1]) * ax + babs[0];
+  dq = (T(3) * babs[2]) * x2 + dq;
+  dq = (T(4) * babs[3]) * ax3 + dq;
+  const T iq = reciprocal_of_denominator(q);
   const T f = p * iq;
   // dF/dx = P'/Q - sign(x) Q'(|x|) P / Q^2 = (P' - F sign(x) Q'(|x|)) / Q
-  const T dx = dy * (dp - f * sx * dq) * iq;
-  T t = dy * iq;
+  const T fs = negative ? -f : f;  // F sign(x)
+  const T t = dy * iq;
+  const T dx = t * (dp - fs * dq);
   g[0 * kStride] += t;
-  t *= x;
-  g[1 * kStride] += t;
-  t *= x;
-  g[2 * kStride] += t;
-  t *= x;
-  g[3 * kStride] += t;
-  t *= x;
-  g[4 * kStride] += t;
-  t *= x;
-  g[5 * kStride] += t;
-  const T c = -dy * f * iq;
-  T u = c * ax;
-  g[6 * kStride] += u;
-  u *= ax;
-  g[7 * kStride] += u;
-  u *= ax;
-  g[8 * kStride] += u;
-  u *= ax;
-  g[9 * kStride] += u;
+  g[1 * kStride] += t * x;
+  g[2 * kStride] += t * x2;
+  g[3 * kStride] += t * x3;
+  g[4 * kStride] += t * x4;
+  g[5 * kStride] += t * x5;
+  const T c = -(t * f);
+  g[6 * kStride] += c * ax;
+  g[7 * kStride] += c * x2;
+  g[8 * kStride] += c * ax3;
+  g[9 * kStride] += c * x4;
   return dx;
 }
 

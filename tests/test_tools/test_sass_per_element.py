@@ -1,0 +1,64 @@
+"""tools/sass_per_element.py: the hot-path walk on a hand-written listing, and the tool on the built library."""
+import importlib.util
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from mmkat.ops import extension_info
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOOL = osp.join(ROOT, 'tools', 'sass_per_element.py')
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('sass_per_element', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def listing(lines):
+    return [(0x10 * i, pred, op, operands) for i, (pred, op, operands) in enumerate(lines)]
+
+
+def test_the_walk_skips_a_slow_call_and_the_huge_input_form_and_stops_at_the_back_edge():
+    tool = load_tool()
+    code = listing([
+        ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x00 loop head
+        ('@P0', 'BRA', '0x70'),                  # 0x10 the huge-input test: its form lies behind the branch
+        ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x20 the direct form
+        ('@P1', 'BRA', '0x50'),                  # 0x30 a division's fast path jumps over its slow call
+        ('', 'CALL.REL.NOINC', '0x200'),         # 0x40 the slow call (skipped)
+        ('', 'BRA', '0x90'),                     # 0x50 joins after the huge-input form
+        ('', 'FMUL', 'R1, R1, R1'),              # 0x60 (unreached)
+        ('', 'MUFU.RCP', 'R4, R1'),              # 0x70 the huge-input form (not walked)
+        ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x80
+        ('', 'FADD', 'R5, R5, R1'),              # 0x90 after the join
+        ('@P2', 'BRA', '0x0'),                   # 0xa0 back edge
+    ])
+    head, end = tool.hot_loop(code)
+    assert (head, end) == (0, 10)
+    assert tool.hot_path(code, head, end) == ['FFMA', 'BRA', 'FFMA', 'BRA', 'BRA', 'FADD', 'BRA']
+
+
+@pytest.mark.skipif(not extension_info()['with_cuda'], reason='mmkat._C was built without CUDA kernels')
+def test_the_tool_reads_every_kernel_of_the_built_library(tmp_path):
+    tool = load_tool()
+    try:
+        tool.find_cuobjdump()
+    except SystemExit:
+        pytest.skip('no cuobjdump (CUDA toolkit or triton) on this machine')
+    out = subprocess.run([sys.executable, TOOL, '--lib', extension_info()['path'], '--json', str(tmp_path / 'r.json')],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / 'r.json').read_text())['rows']
+    found = {(r['kernel'], r['dtype'], r['vec']) for r in rows}
+    for kernel in ('forward', 'backward'):
+        assert {(kernel, 'bf16', 8), (kernel, 'fp16', 8), (kernel, 'fp32', 4), (kernel, 'bf16', 1)} <= found
+    for r in rows:  # the element math is on the walked path: at least one FMA per element, fewer than the loop
+        assert 1 <= r['opcodes'].get('FFMA', r['opcodes'].get('DFMA', 0)) / r['elements_per_pass']
+        assert 0 < r['hot_path_instructions'] <= r['loop_instructions']
+    assert 'per element' in out.stdout
