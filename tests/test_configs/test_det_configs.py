@@ -114,7 +114,7 @@ model = dict(
 
 
 def test_kat_drops_into_an_mmdet_packaged_config(tmp_path):
-    """The lines the README shows, put on top of mmdet's own RetinaNet config: it builds and trains a step."""
+    """KAT and KATSimpleFPN on top of mmdet's own RetinaNet config: it builds and trains a step."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 

@@ -136,7 +136,7 @@ def assert_a_training_step_reaches_kat(cfg):
 
 
 def test_kat_drops_into_an_mmseg_packaged_segformer_config(tmp_path):
-    """The README's lines on top of mmseg's own SegFormer config (an all-MLP head, no UperNet)."""
+    """KAT with four maps through MultiLevelNeck on mmseg's own SegFormer config (an all-MLP head, no UperNet)."""
     from mmengine.config import Config
     path = tmp_path / 'segformer_kat_s.py'
     path.write_text(USER_CONFIG)
@@ -161,7 +161,7 @@ model = dict(
 
 
 def test_kat_drops_into_a_single_input_head_config(tmp_path):
-    """The README's single-feature-map variant on mmseg's own DeepLabV3 config (ASPPHead, one input)."""
+    """KAT's single feature map on mmseg's own DeepLabV3 config (ASPPHead, one input)."""
     from mmengine.config import Config
     path = tmp_path / 'deeplabv3_kat_s.py'
     path.write_text(SINGLE_INPUT_CONFIG)
