@@ -42,7 +42,6 @@ HF_PREFIXES = ('hf_hub:', 'hf-hub:')
 HF_DEFAULT_FILES = ('model.safetensors', 'pytorch_model.bin')
 _FULL_DIGEST = re.compile(r'_([0-9a-f]{64})\.[A-Za-z0-9]+$')     # the authors' file names
 _PREFIX_DIGEST = re.compile(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$')  # torch.hub's convention
-_METAFILE = osp.join(osp.dirname(osp.abspath(__file__)), '.mim', 'configs', 'kat', 'metafile.yml')
 _names: Optional[Dict[str, str]] = None
 
 
@@ -56,9 +55,10 @@ def weight_names() -> Dict[str, str]:
     global _names
     if _names is None:
         names = {}
-        if osp.isfile(_METAFILE):
+        from mmkat.utils.model_index import CLS_METAFILE
+        if osp.isfile(CLS_METAFILE):
             import yaml
-            with open(_METAFILE) as f:
+            with open(CLS_METAFILE) as f:
                 index = yaml.safe_load(f) or {}
             for model in index.get('Models', []):
                 if model.get('Weights'):
@@ -91,12 +91,21 @@ def expected_digest(file_name: str) -> Optional[str]:
     return match.group(1) if match else None
 
 
+_checked: Dict[Tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: each file is hashed once a process
+
+
 def sha256sum(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            digest.update(block)
-    return digest.hexdigest()
+    """The sha256 of the file at ``path``; a file whose size and modification time are unchanged is not read
+    again (the tools check a file before the model loads it)."""
+    stat = os.stat(path)
+    key = (osp.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        digest = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 22), b''):
+                digest.update(block)
+        _checked[key] = digest.hexdigest()
+    return _checked[key]
 
 
 def verify_digest(path: str, origin: str, file_name: Optional[str] = None) -> None:
@@ -153,10 +162,9 @@ def download(url: str, check_digest: bool = True, progress: bool = True) -> str:
 
 
 def _fetch(url: str, dst: str, progress: bool) -> None:
-    tmp = f'{dst}.partial{os.getpid()}'
+    # torch.hub writes to a temporary file beside dst, moves it into place when complete and removes it on failure
     try:
-        torch.hub.download_url_to_file(url, tmp, progress=progress)
-        os.replace(tmp, dst)
+        torch.hub.download_url_to_file(url, dst, progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as err:
         if isinstance(err, urllib.error.HTTPError):
             reason = f'HTTP {err.code} {err.reason}'
@@ -166,9 +174,6 @@ def _fetch(url: str, dst: str, progress: bool) -> None:
             f'could not download {url} ({reason}). Without network access, download it '
             f'elsewhere and put it at {dst} (the cache folder is $TORCH_HOME/hub/checkpoints); a file there is '
             'used without any network access.') from None
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def parse_hf_reference(ref: str) -> Tuple[str, Optional[str], Optional[str]]:

@@ -90,6 +90,15 @@ VIS_HOOKS = {'mmdet': 'DetVisualizationHook', 'mmseg': 'SegVisualizationHook', '
 VISUALIZERS = {'mmdet': 'DetLocalVisualizer', 'mmseg': 'SegLocalVisualizer', 'mmpretrain': 'UniversalVisualizer'}
 
 
+def check_checkpoint_exists(ref):
+    """Stop unless ``ref`` is a local file or a reference fetched when it is loaded (a URL or other storage,
+    hf_hub:, an mmkat weights name)."""
+    from mmkat.hub import is_remote
+    if not is_remote(ref) and '://' not in ref and not osp.isfile(ref):
+        fail(f'checkpoint not found: {ref} (expected a file, a URL, hf_hub:OWNER/REPO or an mmkat weights name '
+             'from configs/kat/metafile.yml)')
+
+
 def has_display() -> bool:
     """Can a window be shown? On Linux and the BSDs only with an X11 or Wayland display."""
     if sys.platform.startswith(('linux', 'freebsd', 'openbsd', 'netbsd')):
@@ -156,11 +165,8 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.config):
         fail(f'config file not found: {args.config}')
-    from mmkat.hub import is_remote
-    if args.checkpoint and not is_remote(args.checkpoint) and '://' not in args.checkpoint \
-            and not osp.isfile(args.checkpoint):
-        fail(f'checkpoint not found: {args.checkpoint} (expected a file, a URL, hf_hub:OWNER/REPO or an mmkat '
-             'weights name from configs/kat/metafile.yml)')
+    if args.checkpoint:
+        check_checkpoint_exists(args.checkpoint)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         fail(f'--out must name a .pkl or .pickle file, got {args.out}')
     if args.out is not None and osp.exists(args.out) and not args.force:
@@ -189,9 +195,7 @@ def main(argv=None):
     checkpoint = args.checkpoint or cfg.get('load_from')
     if not checkpoint:
         fail(f'no checkpoint: give CHECKPOINT, or set load_from in {args.config}')
-    if not is_remote(checkpoint) and '://' not in checkpoint and not osp.isfile(checkpoint):
-        fail(f'checkpoint not found: {checkpoint} (expected a file, a URL, hf_hub:OWNER/REPO or an mmkat weights '
-             'name from configs/kat/metafile.yml)')
+    check_checkpoint_exists(checkpoint)
     cfg.load_from = checkpoint
     cfg.resume = False
     if args.show_dir is not None or args.show:
