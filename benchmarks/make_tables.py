@@ -135,11 +135,12 @@ def profile_table(results) -> str:
     for run in load('speed_h200.json', results)['runs']:
         for r in run['rows']:
             if 'kernel_ms' in r:
-                rows.append([f"{r['arch']} {r['mode']} {r['compile']}", r['model'], f"{r['kernel_ms']:.1f}",
+                act = f"{r['activation_kernel_ms']:.2f}" if 'activation_kernel_ms' in r else '-'
+                rows.append([f"{r['arch']} {r['mode']} {r['compile']}", r['model'], f"{r['kernel_ms']:.1f}", act,
                              f"{r['profile_wall_ms']:.1f}", f"{100 * r['gpu_busy']:.0f}%",
                              f"{r['ms_per_step']:.1f}"])
-    return table(['setting', 'model', 'kernel ms/step', 'wall ms/step (profiled)', 'GPU busy',
-                  'ms/step (timed rounds)'], rows)
+    return table(['setting', 'model', 'kernel ms/step', 'activation kernels ms/step', 'wall ms/step (profiled)',
+                  'GPU busy', 'ms/step (timed rounds)'], rows)
 
 
 def host_table(results) -> str:
@@ -149,12 +150,15 @@ def host_table(results) -> str:
             h, calls = run['host'], run['host']['call_us']
             fb = h.get('forward_backward_kat_over_vit')
             pair = ' / '.join
+            fused = h.get('fused_adamw_kat_over_vit')
             rows.append([f'`{name}` #{i}', f"{run['machine']}, {run['settings']['device']}",
-                         f"{h['kat_over_vit']:.2f}", f'{fb:.2f}' if fb is not None else '-',
+                         f"{h['kat_over_vit']:.2f}", f'{fused:.2f}' if fused is not None else '-',
+                         f'{fb:.2f}' if fb is not None else '-',
                          pair(f"{calls[f'{a} forward']:.1f}" for a in ('GroupRational', 'GELU')),
                          pair(f"{calls[f'{a} forward+backward']:.1f}" for a in ('GroupRational', 'GELU')),
                          pair(f"{calls[f'{a} forward, no grad']:.1f}" for a in ('GroupRational', 'GELU'))])
-    return table(['run', 'machine, tensors on', 'step KAT / ViT', 'forward + backward KAT / ViT',
+    return table(['run', 'machine, tensors on', 'step KAT / ViT', 'step KAT / ViT, AdamW(fused=True)',
+                  'forward + backward KAT / ViT',
                   'forward us, GroupRational / GELU', 'forward + backward us', 'forward without grad us'], rows)
 
 

@@ -4,8 +4,12 @@
 // torch.library.opcheck handle them. Where each piece is registered:
 //   * the schemas and the CPU kernels: here (the kernels live in group_rational_cpu.cpp);
 //   * the CUDA kernels: group_rational_cuda.cu (compiled only when a CUDA toolkit was found);
-//   * the autograd kernel of group_rational_forward: group_rational_autograd.cpp;
+//   * the autograd kernels of group_rational_forward and group_rational_linear: group_rational_autograd.cpp;
+//   * group_rational_linear below autograd (no gradient wanted, meta and fake tensors): here, composed of
+//     group_rational_forward_to and aten::linear;
 //   * the fake (meta) kernels used by torch.compile: mmkat/ops/rational.py.
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -56,6 +60,37 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const
               grad_output.device());
 }
 
+at::ScalarType linear_compute_dtype(const at::Tensor& x) {
+  const auto device = x.device().type();
+  // Autocast casts floating inputs other than float64 to its dtype (torch's is_eligible rule).
+  if (x.is_floating_point() && x.scalar_type() != at::kDouble && at::autocast::is_autocast_enabled(device)) {
+    return at::autocast::get_autocast_dtype(device);
+  }
+  return x.scalar_type();
+}
+
+at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                         const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
+  at::Tensor y = group_rational_forward_cpu(x, weight_numerator, weight_denominator, groups);
+  return y.scalar_type() == dtype ? y : y.to(dtype);
+}
+
+namespace {
+
+// group_rational_linear without autograd: linear(F(x), weight, bias), F(x) written straight in the dtype the
+// linear computes in (under autocast, the same values as F(x) in x's dtype cast by autocast).
+at::Tensor group_rational_linear_composite(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                           const at::Tensor& weight_denominator, int64_t groups,
+                                           const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  static const auto forward_to = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
+                                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                       int64_t, at::ScalarType)>();
+  const at::Tensor a = forward_to.call(x, weight_numerator, weight_denominator, groups, linear_compute_dtype(x));
+  return at::linear(a, weight, bias);
+}
+
+}  // namespace
 }  // namespace mmkat
 
 TORCH_LIBRARY(mmkat, m) {
@@ -67,10 +102,25 @@ TORCH_LIBRARY(mmkat, m) {
       "group_rational_backward(Tensor grad_output, Tensor x, Tensor weight_numerator, "
       "Tensor weight_denominator, int groups) -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "group_rational_forward_to(Tensor x, Tensor weight_numerator, Tensor weight_denominator, int groups, "
+      "ScalarType dtype) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  // linear(F(x), weight, bias) whose backward recomputes F(x) from x instead of keeping it: a KAN block's
+  // act1 -> fc1 with one activation fewer held for backward.
+  m.def(
+      "group_rational_linear(Tensor x, Tensor weight_numerator, Tensor weight_denominator, int groups, "
+      "Tensor weight, Tensor? bias) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(mmkat, CompositeExplicitAutograd, m) {
+  m.impl("group_rational_linear", &mmkat::group_rational_linear_composite);
 }
 
 TORCH_LIBRARY_IMPL(mmkat, CPU, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_cpu);
+  m.impl("group_rational_forward_to", &mmkat::group_rational_forward_to_cpu);
   m.impl("group_rational_backward", &mmkat::group_rational_backward_cpu);
 }
 

@@ -1,4 +1,4 @@
-// mmkat: the autograd kernel of mmkat::group_rational_forward, in C++.
+// mmkat: the autograd kernels of mmkat::group_rational_forward and mmkat::group_rational_linear, in C++.
 //
 // Registered at the Autograd dispatch key, so that a differentiable call costs one trip through the
 // dispatcher, as a native activation does: no Python frame on the way in (forward) or out (backward).
@@ -6,11 +6,16 @@
 //     kernel, no graph node is made.
 //   * Otherwise one node holds x and the coefficients; its backward calls mmkat::group_rational_backward,
 //     which returns dx and both coefficient gradients from one pass over x and dy.
+// group_rational_linear(x, ..., weight, bias) = linear(F(x), weight, bias) keeps x, the coefficients and the
+// weight for backward but not F(x): backward recomputes F(x) (bitwise the same: the kernels are
+// deterministic) for the weight gradient, then runs the rational's backward on the input gradient.
 // Both calls go through the dispatcher (not to a kernel directly), so tracers below Autograd (fake tensors,
 // AOTAutograd, torch.compile) record the two functional ops and never see this file.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "group_rational.h"
 
 
 namespace mmkat {
@@ -64,6 +69,95 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
   }
 };
 
+using ForwardToSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, at::ScalarType);
+using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
+                             const std::optional<at::Tensor>&);
+
+const c10::TypedOperatorHandle<ForwardToSig>& forward_to_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_forward_to", "").typed<ForwardToSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<LinearSig>& linear_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_linear", "").typed<LinearSig>();
+  return op;
+}
+
+class GroupRationalLinearFunction : public torch::autograd::Function<GroupRationalLinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
+                            const at::Tensor& weight_denominator, int64_t groups, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias) {
+    const at::ScalarType compute = linear_compute_dtype(x);
+    at::Tensor y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      const at::Tensor a = forward_to_op().call(x, weight_numerator, weight_denominator, groups, compute);
+      y = at::linear(a, weight, bias);  // under autocast, cast as an nn.Linear call would be
+    }
+    ctx->save_for_backward({x, weight_numerator, weight_denominator, weight});
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["compute"] = static_cast<int64_t>(compute);
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.has_value() && bias->defined() ? bias->scalar_type()
+                                                                                             : weight.scalar_type());
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "mmkat::group_rational_linear has no double backward: its gradient cannot be differentiated "
+                "again (create_graph=True). Use impl='reference' for higher-order gradients.");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& weight = saved[3];
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const auto compute = static_cast<at::ScalarType>(ctx->saved_data["compute"].toInt());
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
+    const bool need_x_side = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
+    // needs_input_grad counts tensor inputs only: x 0, the coefficients 1 and 2, weight 3, bias 4.
+    const bool need_weight = ctx->needs_input_grad(3);
+    const bool need_bias = has_bias && ctx->needs_input_grad(4);
+    variable_list grads(6);  // one per forward argument, groups included
+    at::Tensor dy = grad_outputs[0];
+    if (!dy.defined()) return grads;  // no gradient flowed into the output: none flows out
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const int64_t out_features = weight.size(0), in_features = weight.size(1);
+    const at::Tensor dy2 = dy.to(compute).reshape({-1, out_features});
+    if (need_weight) {
+      const at::Tensor a = forward_to_op().call(x, saved[1], saved[2], groups, compute);  // F(x) again
+      grads[4] = dy2.t().mm(a.reshape({-1, in_features})).to(weight.scalar_type());
+    }
+    if (need_bias) grads[5] = dy2.sum(0).to(bias_dtype);
+    if (need_x_side) {
+      const at::Tensor da = dy2.mm(weight.to(compute)).reshape(x.sizes());
+      auto [dx, d_num, d_den] = backward_op().call(da, x, saved[1], saved[2], groups);
+      if (ctx->needs_input_grad(0)) grads[0] = dx;
+      if (ctx->needs_input_grad(1)) grads[1] = d_num;
+      if (ctx->needs_input_grad(2)) grads[2] = d_den;
+    }
+    return grads;
+  }
+};
+
+at::Tensor group_rational_linear_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                          const at::Tensor& weight_denominator, int64_t groups,
+                                          const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const bool with_bias = bias.has_value() && bias->defined();
+  const bool record = at::GradMode::is_enabled() &&
+                      (x.requires_grad() || weight_numerator.requires_grad() ||
+                       weight_denominator.requires_grad() || weight.requires_grad() ||
+                       (with_bias && bias->requires_grad()));
+  if (!record) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return linear_op().call(x, weight_numerator, weight_denominator, groups, weight, bias);
+  }
+  return GroupRationalLinearFunction::apply(x, weight_numerator, weight_denominator, groups, weight, bias);
+}
+
 at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
                                            const at::Tensor& weight_denominator, int64_t groups) {
   const bool record = at::GradMode::is_enabled() &&
@@ -80,4 +174,5 @@ at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor
 
 TORCH_LIBRARY_IMPL(mmkat, Autograd, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_autograd);
+  m.impl("group_rational_linear", &mmkat::group_rational_linear_autograd);
 }

@@ -104,13 +104,15 @@ __device__ __forceinline__ void load_coefficients(const T* __restrict__ wn, cons
   for (int j = 0; j < kDenominator; ++j) babs[j] = fabs(wd[g * kDenominator + j]);
 }
 
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y,
+// out_t: the result's type (scalar_t, or a narrower type for group_rational_forward_to: one rounding).
+template <typename scalar_t, typename out_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const scalar_t* __restrict__ x, out_t* __restrict__ y,
                                                            const at::opmath_type<scalar_t>* __restrict__ wn,
                                                            const at::opmath_type<scalar_t>* __restrict__ wd,
                                                            Layout L) {
   using T = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
+  using VO = Vec<out_t, VEC>;
   const int64_t g = blockIdx.x;
   T a[kNumerator], babs[kDenominator];
   load_coefficients(wn, wd, g, a, babs);
@@ -130,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const sca
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t ru = r + u * row_step;
         if (ru < L.rows) {
-          V out;
+          VO out;
           T xv[VEC];
           T amax = T(0);
 #pragma unroll
@@ -140,11 +142,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const sca
           }
           if (amax > T(kFarThreshold)) {  // rare: a huge or infinite element; each element picks its form
 #pragma unroll
-            for (int k = 0; k < VEC; ++k) out.v[k] = static_cast<scalar_t>(rational_forward<T>(xv[k], a, babs));
+            for (int k = 0; k < VEC; ++k) out.v[k] = static_cast<out_t>(rational_forward<T>(xv[k], a, babs));
           } else {
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
-              out.v[k] = static_cast<scalar_t>(rational_forward_direct<T>(xv[k], fabs(xv[k]), a, babs));
+              out.v[k] = static_cast<out_t>(rational_forward_direct<T>(xv[k], fabs(xv[k]), a, babs));
             }
           }
           store_vec(y + ru * L.channels + g * L.d + cv * VEC, out);
@@ -179,8 +181,10 @@ __device__ __forceinline__ void block_reduce(T* vals) {
   }
 }
 
-template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const scalar_t* __restrict__ dy,
+// grad_t: dy's type (scalar_t, or bfloat16 / float16 for a float32 x: the gradient of a half-precision matmul
+// read as it is, without a converted copy).
+template <typename scalar_t, typename grad_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const grad_t* __restrict__ dy,
                                                             const scalar_t* __restrict__ x,
                                                             scalar_t* __restrict__ dx,
                                                             const at::opmath_type<scalar_t>* __restrict__ wn,
@@ -201,14 +205,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const sc
     const int64_t row_step = static_cast<int64_t>(gridDim.y) * L.rpi;
     for (int64_t r = blockIdx.y * L.rpi + r0; r < L.rows; r += row_step * kUnroll) {
       for (int cv = lane; cv < L.per_row; cv += L.tpr) {
-        V xin[kUnroll], gin[kUnroll];
+        V xin[kUnroll];
+        Vec<grad_t, VEC> gin[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t ru = r + u * row_step;
           if (ru < L.rows) {
             const int64_t off = ru * L.channels + g * L.d + cv * VEC;
             xin[u] = load_vec<V>(x + off);
-            gin[u] = load_vec<V>(dy + off);
+            gin[u] = load_vec<Vec<grad_t, VEC>>(dy + off);
           }
         }
 #pragma unroll
@@ -328,13 +333,19 @@ void with_vec(int vec, Launch&& launch) {
 
 }  // namespace
 
-at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
-                                       const at::Tensor& weight_denominator, int64_t groups) {
-  constexpr const char* op = "mmkat::group_rational_forward";
+namespace {
+
+// The forward, its result in `dtype`: x's own type, or (x float32) bfloat16 / float16 written by the kernel.
+at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
+                        int64_t groups, at::ScalarType dtype, const char* op) {
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
   const c10::cuda::CUDAGuard guard(x.device());
+  const bool narrowing = x.scalar_type() == at::kFloat && (dtype == at::kBFloat16 || dtype == at::kHalf);
+  if (dtype != x.scalar_type() && !narrowing) {  // widening or an unusual pair: compute, then convert
+    return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(), op).to(dtype);
+  }
   auto xc = x.contiguous();
-  auto y = at::empty_like(xc);
+  auto y = at::empty_like(xc, xc.options().dtype(dtype));
   const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), y.const_data_ptr()});
   if (L.rows == 0 || L.channels == 0) return y;
   const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -342,16 +353,39 @@ at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& we
   auto wd = weight_denominator.to(math).contiguous();
   const dim3 grid = make_grid(L, x.get_device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_forward_cuda", [&] {
+  auto launch = [&](auto in_tag, auto out_tag) {
+    using scalar_t = decltype(in_tag);
+    using out_t = decltype(out_tag);
     using T = at::opmath_type<scalar_t>;
     with_vec<scalar_t>(L.vec, [&](auto vec) {
-      forward_kernel<scalar_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
-          xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), wn.const_data_ptr<T>(),
+      forward_kernel<scalar_t, out_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
+          xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<out_t>(), wn.const_data_ptr<T>(),
           wd.const_data_ptr<T>(), L);
     });
-  });
+  };
+  if (dtype == at::kBFloat16 && narrowing) {
+    launch(float{}, c10::BFloat16{});
+  } else if (dtype == at::kHalf && narrowing) {
+    launch(float{}, c10::Half{});
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_forward_cuda",
+                                    [&] { launch(scalar_t{}, scalar_t{}); });
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
+}
+
+}  // namespace
+
+at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                       const at::Tensor& weight_denominator, int64_t groups) {
+  return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(),
+                      "mmkat::group_rational_forward");
+}
+
+at::Tensor group_rational_forward_to_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
+  return forward_cuda(x, weight_numerator, weight_denominator, groups, dtype, "mmkat::group_rational_forward_to");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
@@ -362,7 +396,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
   check_grad_output(grad_output, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
-  auto dyc = grad_output.to(x.scalar_type()).contiguous();
+  // A bfloat16 / float16 dy for a float32 x is read by the kernel as it is; other mismatches are converted.
+  const bool narrow_dy = x.scalar_type() == at::kFloat &&
+                         (grad_output.scalar_type() == at::kBFloat16 || grad_output.scalar_type() == at::kHalf);
+  auto dyc = (narrow_dy ? grad_output : grad_output.to(x.scalar_type())).contiguous();
   auto dx = at::empty_like(xc);
   const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto wn = weight_numerator.to(math).contiguous();
@@ -379,13 +416,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
     const int64_t partial_count = static_cast<int64_t>(grid.y) * groups * kCoeffGrads;
     auto scratch = at::empty({partial_count + groups * kCoeffGrads}, wn.options());
     auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
+    auto launch = [&](auto x_tag, auto grad_tag) {
+      using scalar_t = decltype(x_tag);
+      using grad_t = decltype(grad_tag);
       using T = at::opmath_type<scalar_t>;
       with_vec<scalar_t>(L.vec, [&](auto vec) {
-        backward_kernel<scalar_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
-            dyc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+        backward_kernel<scalar_t, grad_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
+            dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
             wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), scratch.mutable_data_ptr<T>(), L);
       });
+    };
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
+      using T = at::opmath_type<scalar_t>;
+      if (dyc.scalar_type() == at::kBFloat16 && narrow_dy) {
+        launch(float{}, c10::BFloat16{});
+      } else if (dyc.scalar_type() == at::kHalf && narrow_dy) {
+        launch(float{}, c10::Half{});
+      } else {
+        launch(scalar_t{}, scalar_t{});
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       T* partials = scratch.mutable_data_ptr<T>();
       reduce_kernel<T><<<1, kThreads, 0, stream>>>(partials, grid.y, groups, wd.const_data_ptr<T>(),
@@ -401,5 +450,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
 
 TORCH_LIBRARY_IMPL(mmkat, CUDA, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_cuda);
+  m.impl("group_rational_forward_to", &mmkat::group_rational_forward_to_cuda);
   m.impl("group_rational_backward", &mmkat::group_rational_backward_cuda);
 }

@@ -12,13 +12,13 @@ training iterations allocate (parameters, gradients, optimizer state and activat
 allocated before it was built.
 
 ``--profile`` also runs each setting under torch.profiler and reports the summed GPU kernel time per
-step against the wall time per step: a step whose wall time is well above its kernel time is waiting
-for the host.
+step against the wall time per step (a step whose wall time is well above its kernel time is waiting
+for the host), and the kernel time of the activations (KAT's group-rational kernels, the twin's GELU).
 
 ``--host`` measures the host cost instead (one CPU thread; with ``--device cuda``, on tiny CUDA tensors): a
 training step of a tiny KAT and its GELU twin (12 blocks of width 64, 5 tokens, batch 2), whose time is
-all framework overhead, timed in alternating rounds; and the host cost of one activation call (GELU vs
-GroupRational) on tiny tensors.
+all framework overhead, timed in alternating rounds with torch's default AdamW and with AdamW(fused=True);
+and the host cost of one activation call (GELU vs GroupRational) on tiny tensors.
 
 Prints Markdown tables; ``--out FILE`` appends the run (rows, settings, command, machine, versions, date) to
 the data file FILE (mmkat/utils/results.py: one file per benchmark and machine, earlier runs kept, a file of
@@ -144,9 +144,21 @@ def time_steps(runner: Runner, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+ACTIVATION_KERNELS = ('group_rational', 'gelu')
+
+
+def is_activation_kernel(name: str) -> bool:
+    """Whether a GPU kernel computes an MLP activation: mmkat's group-rational kernels, or a GELU (ATen's
+    kernels; inductor's fused kernels are named after their aten ops, so a fused GELU counts whole, while KAT's
+    rational forward, decomposed into plain arithmetic under torch.compile, is not recognised there)."""
+    name = name.lower()
+    return any(k in name for k in ACTIVATION_KERNELS)
+
+
 def profile_steps(runner: Runner, steps: int, top: int = 0) -> dict:
     """GPU kernel time per step (summed over kernels, and the union of their intervals) against the wall
-    time per step, under torch.profiler; with ``top``, the kernels that take the most time."""
+    time per step, under torch.profiler, and the part of it in activation kernels (``is_activation_kernel``);
+    with ``top``, the kernels that take the most time."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == 'cuda' else [])
@@ -167,8 +179,9 @@ def profile_steps(runner: Runner, steps: int, top: int = 0) -> dict:
             busy_us += stop - start
         end = max(end, stop)
     span_us = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) if kernels else 0.
+    act_us = sum(e.time_range.elapsed_us() for e in kernels if is_activation_kernel(e.name))
     result = dict(profile_wall_ms=1e3 * wall / steps, kernel_ms=total_us / 1e3 / steps,
-                  gpu_busy=busy_us / span_us if span_us else float('nan'))
+                  activation_kernel_ms=act_us / 1e3 / steps, gpu_busy=busy_us / span_us if span_us else float('nan'))
     if top:
         by_name = {}
         for e in kernels:
@@ -215,7 +228,8 @@ def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
         row.update(images_per_s=args.batch_size * args.steps / med, ms_per_step=1e3 * med / args.steps,
                    ms_per_step_all=[1e3 * s / args.steps for s in secs])
         print(f"{row['arch']:5s} {mode:5s} {compile_mode:15s} {row['model']:8s} {row['images_per_s']:9.1f} img/s"
-              + (f"  kernel {row['kernel_ms']:.1f} / wall {row['profile_wall_ms']:.1f} ms" if args.profile else ''),
+              + (f"  kernel {row['kernel_ms']:.1f} (activations {row['activation_kernel_ms']:.2f}) / wall "
+                 f"{row['profile_wall_ms']:.1f} ms" if args.profile else ''),
               flush=True)
     del runners
     torch._dynamo.reset()
@@ -232,7 +246,8 @@ def ratio(rows, row, key='images_per_s', ref='vit'):
 
 def print_table(rows, profile):
     cols = '| arch | mode | compile | model | params | images/s | vs ViT | ms/step | peak GiB | mem vs ViT |'
-    extra = ' kernel ms/step | wall ms/step (profiled) | GPU busy (kernel span) |' if profile else ''
+    extra = (' kernel ms/step | activation kernels ms/step | wall ms/step (profiled) | GPU busy (kernel span) |'
+             if profile else '')
     print('\n' + cols + extra)
     print('|' + '---|' * (cols.count('|') - 1 + extra.count('|')))
     for r in rows:
@@ -241,9 +256,10 @@ def print_table(rows, profile):
         line = (f"| {r['arch']} | {r['mode']} | {r['compile']} | {NAMES[r['model']]} | {r['params'] / 1e6:.2f} M | "
                 f"{r['images_per_s']:.0f} | {ratio(rows, r):.2f} | {r['ms_per_step']:.2f} | {mem} |")
         if profile and 'kernel_ms' in r:
-            line += f" {r['kernel_ms']:.2f} | {r['profile_wall_ms']:.2f} | {100 * r['gpu_busy']:.0f}% |"
+            act = f"{r['activation_kernel_ms']:.2f}" if 'activation_kernel_ms' in r else '-'
+            line += f" {r['kernel_ms']:.2f} | {act} | {r['profile_wall_ms']:.2f} | {100 * r['gpu_busy']:.0f}% |"
         elif profile:  # a run without the profiler, shown beside profiled ones (--from-json)
-            line += ' - | - | - |'
+            line += ' - | - | - | - |'
         print(line)
     for r in rows:
         if r.get('top_kernels_ms'):
@@ -296,17 +312,25 @@ def draw_chart(rows, path, title):
 # --------------------------------------------------------------------------------------------- host mode
 def host_costs(args, device) -> dict:
     """The tiny host-bound training step (alternating rounds) and per-call costs, on one CPU thread or on
-    tiny CUDA tensors (kernel time negligible: what is measured is the host's work)."""
+    tiny CUDA tensors (kernel time negligible: what is measured is the host's work). The step is timed with
+    torch's default AdamW (on the CPU a Python loop over the parameters, whose cost grows with their number:
+    KAT has 4 more, small, tensors per block than its twin) and with AdamW(fused=True) (one call for all)."""
     torch.set_num_threads(1)
     arch = dict(embed_dims=64, num_layers=12, num_heads=2)
     dtype = torch.float32
     runners = {}
-    for kind in ('vit', 'kat'):
-        torch.manual_seed(0)
-        runners[kind] = Runner(build(kind, arch, img_size=8, patch_size=4, classes=10), 'train', 'eager', 2, 8,
-                               device, dtype, classes=10)
-        for _ in range(args.warmup):
-            runners[kind].step()
+    for optimizer in ('default', 'fused'):
+        for kind in ('vit', 'kat'):
+            torch.manual_seed(0)
+            runner = Runner(build(kind, arch, img_size=8, patch_size=4, classes=10), 'train', 'eager', 2, 8, device,
+                            dtype, classes=10)
+            if optimizer == 'fused':
+                runner.optimizer = torch.optim.AdamW(runner.model.parameters(), lr=1e-4, weight_decay=0.05,
+                                                     fused=True)
+            for _ in range(args.warmup):
+                runner.step()
+            runners[kind, optimizer] = runner
+
     def forward_backward(runner):  # the step without the optimizer: what the model itself costs
         with runner.autocast():
             loss = runner.loss_fn(runner.fn(runner.images), runner.labels)
@@ -314,17 +338,20 @@ def host_costs(args, device) -> dict:
         loss.backward()
 
     times = {k: [] for k in runners}
-    fb_times = {k: [] for k in runners}
+    fb_times = {k: [] for k in ('vit', 'kat')}
     for _ in range(args.repeats):
-        for kind, runner in runners.items():
-            times[kind].append(1e3 * time_steps(runner, args.steps) / args.steps)
+        for (kind, optimizer), runner in runners.items():
+            times[kind, optimizer].append(1e3 * time_steps(runner, args.steps) / args.steps)
+            if optimizer != 'default':
+                continue
             sync(device)
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 forward_backward(runner)
             sync(device)
             fb_times[kind].append(1e3 * (time.perf_counter() - t0) / args.steps)
-    step = {k: statistics.median(v) for k, v in times.items()}
+    step = {k: statistics.median(times[k, 'default']) for k in ('vit', 'kat')}
+    fused_step = {k: statistics.median(times[k, 'fused']) for k in ('vit', 'kat')}
     fb = {k: statistics.median(v) for k, v in fb_times.items()}
 
     x = torch.randn(2, 5, 256, device=device, requires_grad=True)
@@ -349,15 +376,18 @@ def host_costs(args, device) -> dict:
         with torch.no_grad():
             calls[f'{name} forward, no grad'] = per_call_us(lambda: act(x))
     where = 'CPU, 1 thread' if device.type == 'cpu' else f'{device.type}, tiny tensors'
-    print(f'\n| host-bound training step ({where}) | ms/step (median) |\n|---|---|')
-    for kind in runners:
-        print(f'| {NAMES[kind]} | {step[kind]:.2f} |')
-    print(f"| KAT / ViT | {step['kat'] / step['vit']:.3f} |")
-    print(f"| KAT / ViT, forward + backward only (no optimizer step) | {fb['kat'] / fb['vit']:.3f} |")
+    print(f'\n| host-bound training step ({where}) | ms/step, AdamW (median) | ms/step, AdamW(fused=True) |'
+          '\n|---|---|---|')
+    for kind in ('vit', 'kat'):
+        print(f'| {NAMES[kind]} | {step[kind]:.2f} | {fused_step[kind]:.2f} |')
+    print(f"| KAT / ViT | {step['kat'] / step['vit']:.3f} | {fused_step['kat'] / fused_step['vit']:.3f} |")
+    print(f"| KAT / ViT, forward + backward only (no optimizer step) | {fb['kat'] / fb['vit']:.3f} | |")
     print(f'\n| call (2 x 5 x 256, {device.type}) | host us (best of 3 x 2000) |\n|---|---|')
     for name, us in calls.items():
         print(f'| {name} | {us:.1f} |')
-    return dict(step_ms=step, step_ms_all=times, kat_over_vit=step['kat'] / step['vit'], forward_backward_ms=fb,
+    return dict(step_ms=step, step_ms_all={k: times[k, 'default'] for k in ('vit', 'kat')},
+                kat_over_vit=step['kat'] / step['vit'], fused_adamw_step_ms=fused_step,
+                fused_adamw_kat_over_vit=fused_step['kat'] / fused_step['vit'], forward_backward_ms=fb,
                 forward_backward_kat_over_vit=fb['kat'] / fb['vit'], call_us=calls)
 
 

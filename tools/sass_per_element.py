@@ -27,7 +27,10 @@ from collections import Counter
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 _INSTRUCTION = re.compile(r'/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);')
-_KERNEL = re.compile(r'(forward|backward)_kernelI(N3c108BFloat16E|N3c104HalfE|f|d)Li(\d+)E')
+# forward_kernel<x type, out type, VEC> and backward_kernel<x type, dy type, VEC>; the second type is written
+# as a back-reference (S1_, ...) where it repeats the first.
+_TYPE = r'N3c108BFloat16E|N3c104HalfE|f|d'
+_KERNEL = re.compile(rf'(forward|backward)_kernelI({_TYPE})({_TYPE}|S\d*_)?Li(\d+)E')
 _DTYPES = {'N3c108BFloat16E': 'bf16', 'N3c104HalfE': 'fp16', 'f': 'fp32', 'd': 'fp64'}
 
 
@@ -116,7 +119,10 @@ def analyse(kernels, unroll):
         match = _KERNEL.search(name)
         if match is None:
             continue
-        kind, dtype, vec = match.group(1), _DTYPES[match.group(2)], int(match.group(3))
+        kind, dtype, vec = match.group(1), _DTYPES[match.group(2)], int(match.group(4))
+        second = match.group(3)
+        if second in _DTYPES and second != match.group(2):  # a mixed pair: 'fp32/bf16' (x / out or dy)
+            dtype = f'{dtype}/{_DTYPES[second]}'
         loop = hot_loop(code)
         if loop is None:
             continue

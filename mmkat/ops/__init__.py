@@ -8,12 +8,13 @@ from .rational import (
     group_rational,
     group_rational_compiled,
     group_rational_direct,
+    group_rational_linear,
     group_rational_reference,
     group_rational_reference_backward,
 )
 
 __all__ = [
     'group_rational', 'group_rational_reference', 'group_rational_compiled', 'group_rational_reference_backward',
-    'group_rational_direct', 'extension_info', 'get_preset', 'preset_names', 'IMPLEMENTATIONS', 'ENV_IMPL',
-    'NUM_NUMERATOR', 'NUM_DENOMINATOR'
+    'group_rational_direct', 'group_rational_linear', 'extension_info', 'get_preset', 'preset_names',
+    'IMPLEMENTATIONS', 'ENV_IMPL', 'NUM_NUMERATOR', 'NUM_DENOMINATOR'
 ]

@@ -27,6 +27,7 @@ import torch
 
 __all__ = [
     'group_rational', 'group_rational_reference', 'group_rational_reference_backward', 'group_rational_direct',
+    'group_rational_linear',
     'extension_info', 'IMPLEMENTATIONS', 'NUM_NUMERATOR', 'NUM_DENOMINATOR', 'ENV_IMPL'
 ]
 
@@ -295,9 +296,16 @@ if _EXT is not None:
         return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight_numerator),
                 torch.empty_like(weight_denominator))
 
+    @torch.library.register_fake('mmkat::group_rational_forward_to')
+    def _forward_to_fake(x, weight_numerator, weight_denominator, groups, dtype):
+        torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
+        return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+
     _FORWARD_OP = torch.ops.mmkat.group_rational_forward.default
+    _LINEAR_OP = torch.ops.mmkat.group_rational_linear.default
 else:
     _FORWARD_OP = None
+    _LINEAR_OP = None
 
 # ------------------------------------------------------------------------ under torch.compile: fusable
 # How torch.compile's inductor sees the compiled implementation (read when a graph is traced):
@@ -430,3 +438,34 @@ def group_rational(x: torch.Tensor,
             warnings.warn('group_rational: falling back to the (slower) pure-PyTorch reference: '
                           f'{_compiled_unavailable_reason(x.device)}')
     return group_rational_reference(x, weight_numerator, weight_denominator, groups)
+
+
+def group_rational_linear(x: torch.Tensor,
+                          weight_numerator: torch.Tensor,
+                          weight_denominator: torch.Tensor,
+                          groups: int,
+                          weight: torch.Tensor,
+                          bias: Optional[torch.Tensor] = None,
+                          impl: str = 'auto') -> torch.Tensor:
+    """``F.linear(group_rational(x, ...), weight, bias)``, a KAN layer, without keeping F(x) for backward.
+
+    With the compiled op (``impl`` 'compiled', or 'auto' where mmkat._C has a kernel for x's device) it is one
+    call of ``torch.ops.mmkat.group_rational_linear``: F(x) is written directly in the dtype the linear
+    computes in (the autocast dtype under autocast), and backward recomputes it from x (bitwise the same
+    values) for the weight gradient instead of holding it from forward to backward. Otherwise, and with
+    'reference', it is the two calls, whose autograd keeps F(x).
+    """
+    _check_inputs(x, weight_numerator, weight_denominator, groups)
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f'group_rational_linear: {name} must be a torch.Tensor, got {type(t).__name__}')
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f'group_rational_linear: weight must have shape [out_features, {x.shape[-1]}] (the '
+                         f'channels of x), got {list(weight.shape)}')
+    resolved = _resolve_impl(impl)
+    if resolved == 'compiled' and not _compiled_supports(x.device):
+        raise RuntimeError(f"group_rational_linear(impl='compiled'): {_compiled_unavailable_reason(x.device)}")
+    if resolved != 'reference' and _compiled_supports(x.device) and not torch.compiler.is_compiling():
+        return _LINEAR_OP(x, weight_numerator, weight_denominator, groups, weight, bias)
+    a = group_rational(x, weight_numerator, weight_denominator, groups, resolved)
+    return torch.nn.functional.linear(a, weight, bias)

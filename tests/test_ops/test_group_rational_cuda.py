@@ -178,3 +178,15 @@ def test_cuda_compiled_kat_under_autocast_matches_eager():
     (kat_eager, kat_compiled), (_, vit_compiled) = errors['kan'], errors['gelu']
     assert kat_compiled <= 1.5 * max(kat_eager, vit_compiled) + 1e-3, errors
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('dy_dtype', [torch.bfloat16, torch.float16])
+def test_cuda_backward_reads_a_half_precision_gradient_of_a_float32_input(dy_dtype):
+    """A bf16 / fp16 dy for an fp32 x (act1's case under autocast) is read by the kernel as it is: the result is
+    bitwise that of the same dy converted to fp32 first."""
+    x, wn, wd = make_inputs((4, 197, 384), 8, torch.float32, device='cuda', seed=21)
+    dy = torch.randn(x.shape, device='cuda').to(dy_dtype)
+    got = torch.ops.mmkat.group_rational_backward(dy, x, wn, wd, 8)
+    expected = torch.ops.mmkat.group_rational_backward(dy.float(), x, wn, wd, 8)
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and torch.equal(g, e)

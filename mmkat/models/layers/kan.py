@@ -7,8 +7,19 @@ from typing import Union
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
+from mmkat.ops import rational as _rational
 from .group_rational import GroupRational
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward or backward hook (global, or on one of ``modules``) expects these modules' calls."""
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks
+            or _module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in modules)
 
 
 class KAN(nn.Module):
@@ -25,6 +36,14 @@ class KAN(nn.Module):
         act1_init / act2_init: rational presets ('identity', 'swish', 'gelu') or coefficient dicts.
         impl: group-rational implementation, see :func:`mmkat.ops.group_rational`.
         drop: dropout after each activation.
+        recompute: run act1 -> fc1 as one :func:`mmkat.ops.group_rational_linear` call, whose backward
+            recomputes act1's output instead of keeping it: one activation of ``in_features`` channels less
+            per block held for backward, for one more act1 forward in backward. Taken where it computes the
+            same as the separate calls: the compiled op on the input's device, no dropout between act1 and
+            fc1 in training, act1 a GroupRational and fc1 an nn.Linear (not a replacement such as a LoRA
+            wrapper), no hooks on act1, drop1 or fc1 (nor global module hooks), and not under
+            torch.compile or TorchScript tracing (inductor is given the separate calls and decides what to
+            keep itself).
     """
 
     def __init__(self,
@@ -34,7 +53,8 @@ class KAN(nn.Module):
                  act1_init: Union[str, dict] = 'identity',
                  act2_init: Union[str, dict] = 'swish',
                  impl: str = 'auto',
-                 drop: float = 0.):
+                 drop: float = 0.,
+                 recompute: bool = True):
         super().__init__()
         for name, channels in (('in_features', in_features), ('hidden_features', hidden_features)):
             if channels % groups:
@@ -45,10 +65,26 @@ class KAN(nn.Module):
         self.act2 = GroupRational(groups, act2_init, num_channels=hidden_features, impl=impl)
         self.drop2 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, in_features)
+        self.recompute = recompute
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        act1, fc1 = self.act1, self.fc1
+        return (self.recompute and type(act1) is GroupRational and type(fc1) is nn.Linear
+                and x.device.type in act1._op_devices and x.dim() >= 1 and x.shape[-1] == fc1.in_features
+                and (self.drop1.p == 0. or not self.training) and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and not _hooked(act1, self.drop1, fc1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(self.drop1(self.act1(x)))
+        if self._fused(x):
+            act1, fc1 = self.act1, self.fc1
+            x = _rational._LINEAR_OP(x, act1.weight_numerator, act1.weight_denominator, act1.groups, fc1.weight,
+                                     fc1.bias)
+        else:
+            x = self.fc1(self.drop1(self.act1(x)))
         return self.fc2(self.drop2(self.act2(x)))
+
+    def extra_repr(self) -> str:
+        return f'recompute={self.recompute}'
 
 
 class Mlp(nn.Module):

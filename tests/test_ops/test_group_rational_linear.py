@@ -1,0 +1,215 @@
+"""group_rational_linear: linear(F(x)) whose backward recomputes F(x); and KAN's use of it (recompute=True)."""
+import pytest
+import torch
+from torch import nn
+
+from mmkat.models.layers import KAN
+from mmkat.ops import extension_info, group_rational, group_rational_linear
+from .test_group_rational import COEF_TOL, TOL, make_inputs
+
+requires_ext = pytest.mark.skipif(not extension_info()['loaded'], reason='mmkat._C is not built')
+DEVICES = ['cpu', pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not (torch.cuda.is_available() and extension_info()['with_cuda']), reason='no CUDA GPU or CUDA kernels')])]
+
+
+def make_linear(in_features, out_features, dtype, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(out_features, in_features, generator=gen, dtype=torch.float64) / in_features**0.5)
+    b = torch.randn(out_features, generator=gen, dtype=torch.float64)
+    return w.to(dtype).to(device), b.to(dtype).to(device)
+
+
+def grads(fn, tensors, seed=0):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    y = fn(*leaves)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y)
+    return y, torch.autograd.grad(y, leaves, dy)
+
+
+def unfused(impl):
+    return lambda x, wn, wd, w, b: nn.functional.linear(group_rational(x, wn, wd, 8, impl=impl), w, b)
+
+
+def fused(x, wn, wd, w, b):
+    return group_rational_linear(x, wn, wd, 8, w, b)
+
+
+def assert_grads_close(got, expected, dtype, names=('x', 'weight_numerator', 'weight_denominator', 'weight', 'bias')):
+    rtol, atol = TOL[dtype]
+    for name, g, e in zip(names, got, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape, name
+        if name in ('x', ):
+            torch.testing.assert_close(g, e, rtol=rtol, atol=atol, msg=lambda m: f'{name}: {m}')
+        else:  # sums over every row: normwise
+            err = ((g.double() - e.double()).norm() / e.double().norm()).item()
+            assert err < max(COEF_TOL[dtype], 10 * rtol if dtype in (torch.bfloat16, torch.float16) else 0), \
+                f'{name}: relative error {err:.3e}'
+
+
+@requires_ext
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', [(3, 5, 16), (2, 197, 64), (7, 40)])
+def test_fused_matches_reference(device, dtype, shape):
+    x, wn, wd = make_inputs(shape, 8, dtype, device=device, seed=11)
+    w, b = make_linear(shape[-1], 3 * shape[-1], dtype, device, seed=12)
+    y_ref, g_ref = grads(unfused('reference'), (x, wn, wd, w, b))
+    y, g = grads(fused, (x, wn, wd, w, b))
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(y, y_ref, rtol=rtol, atol=atol * 4)
+    assert_grads_close(g, g_ref, dtype)
+
+
+@requires_ext
+@pytest.mark.parametrize('device', DEVICES)
+def test_fused_under_autocast_is_the_unfused_computation(device):
+    """Under bf16 autocast both paths compute F(x) in fp32, round it once to bf16 and run the same bf16
+    matmuls: the output is bitwise that of the separate calls, the gradients equal up to GEMM rounding."""
+    x, wn, wd = make_inputs((4, 50, 64), 8, torch.float32, device=device, seed=3)
+    w, b = make_linear(64, 256, torch.float32, device, seed=4)
+    out = {}
+    for name, fn in (('fused', fused), ('unfused', unfused('compiled'))):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out[name] = grads(fn, (x, wn, wd, w, b))
+    (y, g), (y_ref, g_ref) = out['fused'], out['unfused']
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    assert [t.dtype for t in g] == [torch.float32] * 5
+    for name, a, e in zip(('x', 'wn', 'wd', 'weight', 'bias'), g, g_ref):
+        err = ((a.double() - e.double()).norm() / e.double().norm()).item()
+        assert err < 1e-2, f'{name}: relative error {err:.3e}'
+
+
+@requires_ext
+def test_fused_without_bias_and_partial_gradients():
+    x, wn, wd = make_inputs((6, 32), 8, torch.float64, seed=5)
+    w, _ = make_linear(32, 16, torch.float64, 'cpu', seed=6)
+    y_ref, g_ref = grads(lambda x, wn, wd, w: unfused('reference')(x, wn, wd, w, None), (x, wn, wd, w))
+    y, g = grads(lambda x, wn, wd, w: group_rational_linear(x, wn, wd, 8, w), (x, wn, wd, w))
+    torch.testing.assert_close(y, y_ref)
+    for a, e in zip(g, g_ref):
+        torch.testing.assert_close(a, e)
+    # a frozen linear and an input without grad: only the coefficient gradients flow
+    wn_ = wn.clone().requires_grad_()
+    y = group_rational_linear(x, wn_, wd, 8, w, None)
+    (gn, ) = torch.autograd.grad(y.sum(), (wn_, ))
+    torch.testing.assert_close(gn, torch.autograd.grad(unfused('reference')(x, wn_, wd, w, None).sum(), (wn_, ))[0])
+    # nothing needs a gradient: no graph
+    assert not group_rational_linear(x, wn, wd, 8, w).requires_grad
+
+
+@requires_ext
+def test_fused_keeps_x_not_its_activation():
+    x, wn, wd = make_inputs((4, 10, 32), 8, torch.float32, seed=7)
+    w, b = make_linear(32, 64, torch.float32, 'cpu', seed=8)
+    leaves = [t.clone().requires_grad_() for t in (x, wn, wd, w, b)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        group_rational_linear(*leaves[:3], 8, *leaves[3:])
+    assert any(t is leaves[0] or torch.equal(t, leaves[0]) for t in saved)
+    assert all(t.shape != x.shape or torch.equal(t, x) for t in saved), 'F(x) was kept for backward'
+
+
+@requires_ext
+def test_fused_refuses_double_backward_and_bad_weight():
+    x, wn, wd = make_inputs((3, 16), 8, torch.float64, seed=9)
+    w, b = make_linear(16, 8, torch.float64, 'cpu', seed=10)
+    x.requires_grad_()
+    y = group_rational_linear(x, wn, wd, 8, w, b)
+    with pytest.raises(RuntimeError, match='no double backward'):
+        torch.autograd.grad(y.sum(), (x, ), create_graph=True)
+    (gx, ) = torch.autograd.grad(y.sum(), (x, ))  # a plain backward works
+    assert torch.isfinite(gx).all()
+    with pytest.raises(ValueError, match=r'weight must have shape \[out_features, 16\]'):
+        group_rational_linear(x, wn, wd, 8, w.t(), b)
+
+
+@requires_ext
+def test_opcheck_new_ops():
+    for dtype in (torch.float32, torch.float64):
+        x, wn, wd = make_inputs((3, 5, 16), 8, dtype, seed=1)
+        w, b = make_linear(16, 24, dtype, 'cpu', seed=2)
+        torch.library.opcheck(torch.ops.mmkat.group_rational_forward_to.default, (x, wn, wd, 8, torch.bfloat16))
+        args = [t.clone().requires_grad_() for t in (x, wn, wd)] + [8] + [t.clone().requires_grad_() for t in (w, b)]
+        torch.library.opcheck(torch.ops.mmkat.group_rational_linear.default, tuple(args))
+
+
+@requires_ext
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_forward_to_is_forward_then_cast(device, dtype):
+    x, wn, wd = make_inputs((5, 37, 64), 8, dtype, device=device, seed=13)
+    x[0, 0, :3] = torch.tensor([1e30, -1e30, float('inf')])  # the far form too
+    y = torch.ops.mmkat.group_rational_forward(x, wn, wd, 8)
+    for out in (torch.bfloat16, torch.float16, dtype):
+        got = torch.ops.mmkat.group_rational_forward_to(x, wn, wd, 8, out)
+        assert got.dtype == out
+        assert torch.equal(got, y.to(out)), out
+
+
+# ----------------------------------------------------------------------------------------------- KAN
+def kan_pair(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    a = KAN(64, 256, **kwargs)
+    with torch.no_grad():  # a rational that is not the identity, so that recomputing act1 matters
+        a.act1.weight_numerator.copy_(torch.tensor([[0.1, 0.9, 0.3, -0.2, 0.05, 0.01]]))
+        a.act1.weight_denominator.normal_(0, 0.5)
+    b = KAN(64, 256, **dict(kwargs, recompute=False))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def saved_activation_bytes(module, x):
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params and s.data_ptr() != x.untyped_storage().data_ptr():
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast('cpu', dtype=torch.bfloat16):
+        module(x)
+    return sum(storages.values())
+
+
+@requires_ext
+def test_kan_recompute_matches_and_saves_act1_output():
+    fused_kan, plain = kan_pair()
+    x = torch.randn(4, 50, 64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for m in (fused_kan, plain):
+        xi = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = m(xi)
+        y.float().square().sum().backward()
+        results.append((y, xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    (y, gx, gp), (y_ref, gx_ref, gp_ref) = results
+    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref, rtol=2e-2, atol=1e-3)
+    for name in gp_ref:
+        err = ((gp[name].double() - gp_ref[name].double()).norm() / gp_ref[name].double().norm()).item()
+        assert err < 1e-2, f'{name}: {err:.3e}'
+    # act1's output (bf16 under autocast, [4, 50, 64]) and fc1's bf16 weight copy are no longer kept
+    kept, kept_ref = saved_activation_bytes(fused_kan, x.requires_grad_()), saved_activation_bytes(plain, x)
+    assert kept_ref - kept == 4 * 50 * 64 * 2 + 256 * 64 * 2, (kept, kept_ref)
+
+
+@requires_ext
+def test_kan_takes_the_separate_calls_where_they_are_observable():
+    fused_kan, _ = kan_pair(drop=0.1)
+    x = torch.randn(2, 5, 64)
+    calls = []
+    fused_kan.eval()
+    fused_kan.fc1.register_forward_hook(lambda *a: calls.append('fc1'))
+    fused_kan(x)
+    assert calls == ['fc1']  # a hook on fc1 sees its call
+    fused_kan.fc1._forward_hooks.clear()
+    assert fused_kan._fused(x)  # eval: no dropout between act1 and fc1
+    fused_kan.train()
+    assert not fused_kan._fused(x)  # dropout between act1 and fc1 in training
+    plain, _ = kan_pair()
+    assert plain._fused(x)
+    plain.act1.use_impl('reference')  # the ONNX export path
+    assert not plain._fused(x)
+    assert 'recompute=True' in repr(fused_kan)
