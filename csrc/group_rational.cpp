@@ -63,7 +63,9 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const
 at::ScalarType linear_compute_dtype(const at::Tensor& x) {
   const auto device = x.device().type();
   // Autocast casts floating inputs other than float64 to its dtype (torch's is_eligible rule).
-  if (x.is_floating_point() && x.scalar_type() != at::kDouble && at::autocast::is_autocast_enabled(device)) {
+  // (Meta and other devices without autocast: none; the fake kernel in Python answers for fake tensors.)
+  if (x.is_floating_point() && x.scalar_type() != at::kDouble && at::autocast::is_autocast_available(device) &&
+      at::autocast::is_autocast_enabled(device)) {
     return at::autocast::get_autocast_dtype(device);
   }
   return x.scalar_type();

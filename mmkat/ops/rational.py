@@ -301,11 +301,22 @@ if _EXT is not None:
         torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
         return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
 
+    @torch.library.register_fake('mmkat::group_rational_linear')
+    def _linear_fake(x, weight_numerator, weight_denominator, groups, weight, bias):
+        torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
+        torch._check(weight.dim() == 2 and weight.shape[1] == x.shape[-1],
+                     lambda: f'weight must have shape [out_features, {x.shape[-1]}]')
+        device = x.device.type
+        dtype = x.dtype  # the dtype the linear computes in: autocast's where it casts x (as csrc does)
+        if dtype != torch.float64 and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=dtype)
+
     _FORWARD_OP = torch.ops.mmkat.group_rational_forward.default
+    _FORWARD_TO_OP = torch.ops.mmkat.group_rational_forward_to.default
     _LINEAR_OP = torch.ops.mmkat.group_rational_linear.default
 else:
-    _FORWARD_OP = None
-    _LINEAR_OP = None
+    _FORWARD_OP = _FORWARD_TO_OP = _LINEAR_OP = None
 
 # ------------------------------------------------------------------------ under torch.compile: fusable
 # How torch.compile's inductor sees the compiled implementation (read when a graph is traced):
@@ -354,22 +365,41 @@ def _cache_tag_pass():
     return _MMKATCacheTag()
 
 
+def _reference_forward_to(x, weight_numerator, weight_denominator, groups, dtype):
+    return _reference_forward(x, weight_numerator, weight_denominator, groups).to(dtype)
+
+
+def _direct_forward_to(x, weight_numerator, weight_denominator, groups, dtype):
+    return _direct_forward(x, weight_numerator, weight_denominator, groups).to(dtype)
+
+
+_DECOMPOSITIONS = {  # compile_forward -> (forward, forward_to)
+    'decomposed': (_reference_forward, _reference_forward_to),
+    'direct': (_direct_forward, _direct_forward_to),
+}
+
+
 @torch.compiler.assume_constant_result
 def _register_inductor_decomposition() -> bool:
-    """Add the forward's decomposition to inductor's table (once) and tag inductor's caches with
-    compile_forward; run at trace time, not traced."""
+    """Add the forward's decompositions (group_rational_forward and group_rational_forward_to, the forward of
+    group_rational_linear) to inductor's table (once) and tag inductor's caches with compile_forward; run at
+    trace time, not traced."""
     global _CACHE_TAG
     from torch._inductor import config as inductor_config
     from torch._inductor import decomposition as inductor_decompositions
     table = inductor_decompositions.decompositions
-    wanted = {'decomposed': _reference_forward, 'direct': _direct_forward}.get(compile_forward)
-    current = table.get(_FORWARD_OP)
-    ours = current is _reference_forward or current is _direct_forward
-    if _FORWARD_OP is not None and current is not wanted and (wanted is not None or ours):
+    ours = {fn for pair in _DECOMPOSITIONS.values() for fn in pair}
+    changed = False
+    for op, wanted in zip((_FORWARD_OP, _FORWARD_TO_OP), _DECOMPOSITIONS.get(compile_forward, (None, None))):
+        current = table.get(op)
+        if op is None or current is wanted or (wanted is None and current not in ours):
+            continue
         if wanted is None:
-            del table[_FORWARD_OP]  # 'opaque': inductor refuses an op that is both a fallback and decomposed
+            del table[op]  # 'opaque': inductor refuses an op that is both a fallback and decomposed
         else:
-            table[_FORWARD_OP] = wanted  # the specification's pointwise formula (or the bare direct one)
+            table[op] = wanted  # the specification's pointwise formula (or the bare direct one)
+        changed = True
+    if changed:
         cached = getattr(inductor_decompositions, 'fast_random_decomps', None)
         if cached is not None and hasattr(cached, 'cache_clear'):
             cached.cache_clear()  # a table copied by an earlier compilation must see the change
@@ -385,6 +415,13 @@ def _compiled_call(x, weight_numerator, weight_denominator, groups):
     if torch.compiler.is_compiling():
         _register_inductor_decomposition()
     return _FORWARD_OP(x, weight_numerator, weight_denominator, groups)
+
+
+def _linear_call(x, weight_numerator, weight_denominator, groups, weight, bias):
+    """group_rational_linear's compiled op, eager or traced; inputs already checked."""
+    if torch.compiler.is_compiling():
+        _register_inductor_decomposition()
+    return _LINEAR_OP(x, weight_numerator, weight_denominator, groups, weight, bias)
 
 
 def group_rational_compiled(x, weight_numerator, weight_denominator, groups):
@@ -465,7 +502,7 @@ def group_rational_linear(x: torch.Tensor,
     resolved = _resolve_impl(impl)
     if resolved == 'compiled' and not _compiled_supports(x.device):
         raise RuntimeError(f"group_rational_linear(impl='compiled'): {_compiled_unavailable_reason(x.device)}")
-    if resolved != 'reference' and _compiled_supports(x.device) and not torch.compiler.is_compiling():
-        return _LINEAR_OP(x, weight_numerator, weight_denominator, groups, weight, bias)
+    if resolved != 'reference' and _compiled_supports(x.device):
+        return _linear_call(x, weight_numerator, weight_denominator, groups, weight, bias)
     a = group_rational(x, weight_numerator, weight_denominator, groups, resolved)
     return torch.nn.functional.linear(a, weight, bias)

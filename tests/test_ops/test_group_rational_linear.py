@@ -213,3 +213,45 @@ def test_kan_takes_the_separate_calls_where_they_are_observable():
     plain.act1.use_impl('reference')  # the ONNX export path
     assert not plain._fused(x)
     assert 'recompute=True' in repr(fused_kan)
+
+
+@requires_ext
+def test_kan_recompute_under_torch_compile_and_autocast():
+    """Compiled (inductor, fullgraph) under bf16 autocast: the fused op's fake kernel gives the autocast dtype, its
+    forward is decomposed for inductor (no opaque forward call left), and outputs and gradients are eager's."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    import mmkat.ops.rational as gr
+    module, _ = kan_pair()
+    x = torch.randn(4, 9, 64, generator=torch.Generator().manual_seed(2))
+
+    def step(fn):
+        module.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = fn(xi)
+        y.float().square().sum().backward()
+        return y.detach(), [xi.grad] + [p.grad.clone() for p in module.parameters()]
+
+    y_ref, g_ref = step(module)
+    gr._register_inductor_decomposition()
+    graphs = {}
+
+    def keep(name):
+        return lambda gm, example_inputs: graphs.setdefault(name, str(gm.graph)) and gm
+
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=keep('forward'), bw_compiler=keep('backward'),
+                           decompositions=select_decomp_table())
+    step(torch.compile(module, backend=backend, fullgraph=True))
+    assert 'group_rational_forward' not in graphs['forward'] and 'group_rational_linear' not in graphs['forward']
+    assert graphs['backward'].count('mmkat.group_rational_backward.default') == 2
+    torch._dynamo.reset()
+    y, g = step(torch.compile(module, fullgraph=True))
+    torch._dynamo.reset()
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=1.6e-2, atol=1e-2)
+    for a, e in zip(g, g_ref):
+        err = ((a.double() - e.double()).norm() / e.double().norm()).item()
+        assert err < 2e-2, err
