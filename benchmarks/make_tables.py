@@ -323,6 +323,34 @@ def kernel_ab_speed_table(results) -> str:
     return table(['arch', 'compile', 'train, KAT / twin', 'inference, KAT / twin', 'training memory'], rows)
 
 
+# ------------------------- act1 -> fc1 as one recomputing op, before / after, side by side on one H100 (recompute_ab)
+def recompute_ab_table(results) -> str:
+    """KAT / twin images/s and peak training memory per setting: the runs of the code before the change and after
+    it, alternated on one machine in one session; a setting measured only after the change shows '-' before."""
+    found = {}
+    for run in load('recompute_ab_h100.json', results)['runs']:
+        variant = run['settings']['variant']
+        for row in run['rows']:
+            if row['model'] != 'kat':
+                continue
+            key = (row['arch'], row['mode'], row['compile'])
+            twin = [r for r in run['rows'] if r['model'] == 'vit' and (r['arch'], r['mode'], r['compile']) == key]
+            speed = row['images_per_s'] / twin[0]['images_per_s']
+            mem = row['peak_mem_gib'] / twin[0]['peak_mem_gib'] if 'peak_mem_gib' in row else None
+            found.setdefault(key, {})[variant] = (speed, mem)
+    order = {a: i for i, a in enumerate(ARCHS)}
+    rows = []
+    for (arch, mode, comp), by in sorted(found.items(), key=lambda kv: (kv[0][2], kv[0][1] != 'train',
+                                                                          order.get(kv[0][0], 9))):
+        def cell(i, variant):
+            value = by.get(variant, (None, None))[i]
+            return '-' if value is None else f'{value:.2f}x'
+        rows.append([arch, mode, SETTING_NAMES[comp], f"{cell(0, 'before')} / **{cell(0, 'after')}**",
+                     f"{cell(1, 'before')} / **{cell(1, 'after')}**" if mode == 'train' else '-'])
+    return table(['arch', 'mode', 'compile', 'images/s, KAT / twin (before / after)',
+                  'peak training memory, KAT / twin (before / after)'], rows)
+
+
 TABLES = {
     'files': files_table,
     'speed': speed_table,
@@ -331,6 +359,7 @@ TABLES = {
     'speed-profile': profile_table,
     'decomposition': decomposition_table,
     'host': host_table,
+    'recompute-ab-h100': recompute_ab_table,
     'fmnist-h200': lambda res: fmnist_table('fmnist_h200.json', res),
     'fmnist-h200-seeds': lambda res: fmnist_seed_table('fmnist_h200.json', res),
     'fmnist-h200-epochs': lambda res: fmnist_epoch_table('fmnist_h200.json', res),
