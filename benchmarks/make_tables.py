@@ -132,14 +132,16 @@ def speed_runs_table(results) -> str:
 
 def profile_table(results) -> str:
     rows = []
-    for run in load('speed_h200.json', results)['runs']:
+    runs = load('speed_h200.json', results)['runs'] + load('profile_h100.json', results)['runs']
+    for run in runs:
         for r in run['rows']:
             if 'kernel_ms' in r:
                 act = f"{r['activation_kernel_ms']:.2f}" if 'activation_kernel_ms' in r else '-'
-                rows.append([f"{r['arch']} {r['mode']} {r['compile']}", r['model'], f"{r['kernel_ms']:.1f}", act,
+                rows.append([run['machine'], f"{r['arch']} {r['mode']} {r['compile']}", r['model'],
+                             f"{r['kernel_ms']:.1f}", act,
                              f"{r['profile_wall_ms']:.1f}", f"{100 * r['gpu_busy']:.0f}%",
                              f"{r['ms_per_step']:.1f}"])
-    return table(['setting', 'model', 'kernel ms/step', 'activation kernels ms/step', 'wall ms/step (profiled)',
+    return table(['machine', 'setting', 'model', 'kernel ms/step', 'activation kernels ms/step', 'wall ms/step (profiled)',
                   'GPU busy', 'ms/step (timed rounds)'], rows)
 
 

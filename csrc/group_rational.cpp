@@ -8,7 +8,6 @@
 //   * group_rational_linear below autograd (no gradient wanted, meta and fake tensors): here, composed of
 //     group_rational_forward_to and aten::linear;
 //   * the fake (meta) kernels used by torch.compile: mmkat/ops/rational.py.
-#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
 #include <torch/library.h>
@@ -60,17 +59,6 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const
               grad_output.device());
 }
 
-at::ScalarType linear_compute_dtype(const at::Tensor& x) {
-  const auto device = x.device().type();
-  // Autocast casts floating inputs other than float64 to its dtype (torch's is_eligible rule).
-  // (Meta and other devices without autocast: none; the fake kernel in Python answers for fake tensors.)
-  if (x.is_floating_point() && x.scalar_type() != at::kDouble && at::autocast::is_autocast_available(device) &&
-      at::autocast::is_autocast_enabled(device)) {
-    return at::autocast::get_autocast_dtype(device);
-  }
-  return x.scalar_type();
-}
-
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
   at::Tensor y = group_rational_forward_cpu(x, weight_numerator, weight_denominator, groups);
@@ -79,17 +67,20 @@ at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& 
 
 namespace {
 
-// group_rational_linear without autograd: linear(F(x), weight, bias), F(x) written straight in the dtype the
-// linear computes in (under autocast, the same values as F(x) in x's dtype cast by autocast).
+// group_rational_linear without autograd: linear(F(x), weight, bias) computed in `dtype` (the caller's choice:
+// the autocast dtype under autocast, x's otherwise), F(x) written straight in it.
 at::Tensor group_rational_linear_composite(const at::Tensor& x, const at::Tensor& weight_numerator,
                                            const at::Tensor& weight_denominator, int64_t groups,
-                                           const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+                                           const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                           at::ScalarType dtype) {
   static const auto forward_to = c10::Dispatcher::singleton()
                                      .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
                                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                        int64_t, at::ScalarType)>();
-  const at::Tensor a = forward_to.call(x, weight_numerator, weight_denominator, groups, linear_compute_dtype(x));
-  return at::linear(a, weight, bias);
+  const at::Tensor a = forward_to.call(x, weight_numerator, weight_denominator, groups, dtype);
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = bias->to(dtype);
+  return at::linear(a, weight.to(dtype), b);
 }
 
 }  // namespace
@@ -112,7 +103,7 @@ TORCH_LIBRARY(mmkat, m) {
   // act1 -> fc1 with one activation fewer held for backward.
   m.def(
       "group_rational_linear(Tensor x, Tensor weight_numerator, Tensor weight_denominator, int groups, "
-      "Tensor weight, Tensor? bias) -> Tensor",
+      "Tensor weight, Tensor? bias, ScalarType dtype) -> Tensor",
       {at::Tag::pt2_compliant_tag});
 }
 

@@ -24,8 +24,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype);
 
-// The dtype a linear layer computes in when it is applied to x here: the autocast dtype where autocast is on
-// for x's device and would cast x, x's own dtype otherwise.
-at::ScalarType linear_compute_dtype(const at::Tensor& x);
-
 }  // namespace mmkat

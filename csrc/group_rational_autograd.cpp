@@ -15,7 +15,6 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "group_rational.h"
 
 
 namespace mmkat {
@@ -71,7 +70,7 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
 
 using ForwardToSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, at::ScalarType);
 using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
-                             const std::optional<at::Tensor>&);
+                             const std::optional<at::Tensor>&, at::ScalarType);
 
 const c10::TypedOperatorHandle<ForwardToSig>& forward_to_op() {
   static const auto op =
@@ -89,13 +88,11 @@ class GroupRationalLinearFunction : public torch::autograd::Function<GroupRation
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
                             const at::Tensor& weight_denominator, int64_t groups, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias) {
-    const at::ScalarType compute = linear_compute_dtype(x);
+                            const std::optional<at::Tensor>& bias, at::ScalarType compute) {
     at::Tensor y;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      const at::Tensor a = forward_to_op().call(x, weight_numerator, weight_denominator, groups, compute);
-      y = at::linear(a, weight, bias);  // under autocast, cast as an nn.Linear call would be
+      y = linear_op().call(x, weight_numerator, weight_denominator, groups, weight, bias, compute);
     }
     ctx->save_for_backward({x, weight_numerator, weight_denominator, weight});
     ctx->saved_data["groups"] = groups;
@@ -121,7 +118,7 @@ class GroupRationalLinearFunction : public torch::autograd::Function<GroupRation
     // needs_input_grad counts tensor inputs only: x 0, the coefficients 1 and 2, weight 3, bias 4.
     const bool need_weight = ctx->needs_input_grad(3);
     const bool need_bias = has_bias && ctx->needs_input_grad(4);
-    variable_list grads(6);  // one per forward argument, groups included
+    variable_list grads(7);  // one per forward argument, groups and dtype included
     at::Tensor dy = grad_outputs[0];
     if (!dy.defined()) return grads;  // no gradient flowed into the output: none flows out
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -145,7 +142,8 @@ class GroupRationalLinearFunction : public torch::autograd::Function<GroupRation
 
 at::Tensor group_rational_linear_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
                                           const at::Tensor& weight_denominator, int64_t groups,
-                                          const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+                                          const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                          at::ScalarType dtype) {
   const bool with_bias = bias.has_value() && bias->defined();
   const bool record = at::GradMode::is_enabled() &&
                       (x.requires_grad() || weight_numerator.requires_grad() ||
@@ -153,9 +151,9 @@ at::Tensor group_rational_linear_autograd(const at::Tensor& x, const at::Tensor&
                        (with_bias && bias->requires_grad()));
   if (!record) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return linear_op().call(x, weight_numerator, weight_denominator, groups, weight, bias);
+    return linear_op().call(x, weight_numerator, weight_denominator, groups, weight, bias, dtype);
   }
-  return GroupRationalLinearFunction::apply(x, weight_numerator, weight_denominator, groups, weight, bias);
+  return GroupRationalLinearFunction::apply(x, weight_numerator, weight_denominator, groups, weight, bias, dtype);
 }
 
 at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,

@@ -302,14 +302,10 @@ if _EXT is not None:
         return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake('mmkat::group_rational_linear')
-    def _linear_fake(x, weight_numerator, weight_denominator, groups, weight, bias):
+    def _linear_fake(x, weight_numerator, weight_denominator, groups, weight, bias, dtype):
         torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
         torch._check(weight.dim() == 2 and weight.shape[1] == x.shape[-1],
                      lambda: f'weight must have shape [out_features, {x.shape[-1]}]')
-        device = x.device.type
-        dtype = x.dtype  # the dtype the linear computes in: autocast's where it casts x (as csrc does)
-        if dtype != torch.float64 and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
         return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=dtype)
 
     _FORWARD_OP = torch.ops.mmkat.group_rational_forward.default
@@ -417,13 +413,6 @@ def _compiled_call(x, weight_numerator, weight_denominator, groups):
     return _FORWARD_OP(x, weight_numerator, weight_denominator, groups)
 
 
-def _linear_call(x, weight_numerator, weight_denominator, groups, weight, bias):
-    """group_rational_linear's compiled op, eager or traced; inputs already checked."""
-    if torch.compiler.is_compiling():
-        _register_inductor_decomposition()
-    return _LINEAR_OP(x, weight_numerator, weight_denominator, groups, weight, bias)
-
-
 def group_rational_compiled(x, weight_numerator, weight_denominator, groups):
     """The C++/CUDA kernels of mmkat._C; raises RuntimeError saying why when they are unavailable."""
     _check_inputs(x, weight_numerator, weight_denominator, groups)
@@ -477,6 +466,15 @@ def group_rational(x: torch.Tensor,
     return group_rational_reference(x, weight_numerator, weight_denominator, groups)
 
 
+def linear_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an nn.Linear computes in when it is applied to ``x`` here: autocast's where autocast is on for
+    x's device and casts x (floating, not float64), x's own otherwise."""
+    device = x.device.type
+    if x.dtype != torch.float64 and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def group_rational_linear(x: torch.Tensor,
                           weight_numerator: torch.Tensor,
                           weight_denominator: torch.Tensor,
@@ -489,8 +487,9 @@ def group_rational_linear(x: torch.Tensor,
     With the compiled op (``impl`` 'compiled', or 'auto' where mmkat._C has a kernel for x's device) it is one
     call of ``torch.ops.mmkat.group_rational_linear``: F(x) is written directly in the dtype the linear
     computes in (the autocast dtype under autocast), and backward recomputes it from x (bitwise the same
-    values) for the weight gradient instead of holding it from forward to backward. Otherwise, and with
-    'reference', it is the two calls, whose autograd keeps F(x).
+    values) for the weight gradient instead of holding it from forward to backward. Otherwise, with
+    'reference', and under torch.compile (where inductor's partitioner chooses what to keep), it is the two
+    calls, whose autograd keeps F(x).
     """
     _check_inputs(x, weight_numerator, weight_denominator, groups)
     for name, t in (('weight', weight), ('bias', bias)):
@@ -502,7 +501,7 @@ def group_rational_linear(x: torch.Tensor,
     resolved = _resolve_impl(impl)
     if resolved == 'compiled' and not _compiled_supports(x.device):
         raise RuntimeError(f"group_rational_linear(impl='compiled'): {_compiled_unavailable_reason(x.device)}")
-    if resolved != 'reference' and _compiled_supports(x.device):
-        return _linear_call(x, weight_numerator, weight_denominator, groups, weight, bias)
+    if resolved != 'reference' and _compiled_supports(x.device) and not torch.compiler.is_compiling():
+        return _LINEAR_OP(x, weight_numerator, weight_denominator, groups, weight, bias, linear_dtype(x))
     a = group_rational(x, weight_numerator, weight_denominator, groups, resolved)
     return torch.nn.functional.linear(a, weight, bias)

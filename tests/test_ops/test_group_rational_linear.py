@@ -130,7 +130,8 @@ def test_opcheck_new_ops():
         w, b = make_linear(16, 24, dtype, 'cpu', seed=2)
         torch.library.opcheck(torch.ops.mmkat.group_rational_forward_to.default, (x, wn, wd, 8, torch.bfloat16))
         args = [t.clone().requires_grad_() for t in (x, wn, wd)] + [8] + [t.clone().requires_grad_() for t in (w, b)]
-        torch.library.opcheck(torch.ops.mmkat.group_rational_linear.default, tuple(args))
+        for compute in (dtype, torch.bfloat16):
+            torch.library.opcheck(torch.ops.mmkat.group_rational_linear.default, tuple(args) + (compute, ))
 
 
 @requires_ext
@@ -217,8 +218,9 @@ def test_kan_takes_the_separate_calls_where_they_are_observable():
 
 @requires_ext
 def test_kan_recompute_under_torch_compile_and_autocast():
-    """Compiled (inductor, fullgraph) under bf16 autocast: the fused op's fake kernel gives the autocast dtype, its
-    forward is decomposed for inductor (no opaque forward call left), and outputs and gradients are eager's."""
+    """Compiled (inductor, fullgraph) under bf16 autocast, KAN gives inductor the separate calls (the rational's
+    forward decomposed, no opaque forward call left), and its outputs and gradients are those of eager mode,
+    which runs the fused op."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._inductor.decomposition import select_decomp_table
 
@@ -251,6 +253,50 @@ def test_kan_recompute_under_torch_compile_and_autocast():
     y, g = step(torch.compile(module, fullgraph=True))
     torch._dynamo.reset()
     assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=1.6e-2, atol=1e-2)
+    for a, e in zip(g, g_ref):
+        err = ((a.double() - e.double()).norm() / e.double().norm()).item()
+        assert err < 2e-2, err
+
+
+@requires_ext
+def test_fused_op_computes_in_the_dtype_asked_for_and_its_fake_kernel_agrees():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mmkat.ops.rational import linear_dtype
+    x, wn, wd = make_inputs((2, 5, 16), 8, torch.float32, seed=3)
+    w, b = make_linear(16, 24, torch.float32, 'cpu', seed=4)
+    assert linear_dtype(x) == torch.float32 and linear_dtype(x.double()) == torch.float64
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert linear_dtype(x) == torch.bfloat16 and linear_dtype(x.double()) == torch.float64
+    real = torch.ops.mmkat.group_rational_linear(x, wn, wd, 8, w, b, torch.bfloat16)
+    expected = nn.functional.linear(torch.ops.mmkat.group_rational_forward(x, wn, wd, 8).bfloat16(), w.bfloat16(),
+                                    b.bfloat16())
+    assert real.dtype == torch.bfloat16 and torch.equal(real, expected)
+    with FakeTensorMode() as mode:
+        args = [mode.from_tensor(t) for t in (x, wn, wd)] + [8] + [mode.from_tensor(t) for t in (w, b)]
+        fake = torch.ops.mmkat.group_rational_linear(*args, torch.bfloat16)
+    assert fake.shape == real.shape and fake.dtype == real.dtype
+
+
+@requires_ext
+def test_fused_op_compiles_under_autocast():
+    """torch.ops.mmkat.group_rational_linear called directly in a compiled function (inductor, fullgraph, bf16
+    autocast): its forward is decomposed, and outputs and gradients are those of eager mode."""
+    import mmkat.ops.rational as gr
+    x, wn, wd = make_inputs((4, 9, 32), 8, torch.float32, seed=5)
+    w, b = make_linear(32, 64, torch.float32, 'cpu', seed=6)
+
+    def fn(x, wn, wd, w, b):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            gr._register_inductor_decomposition()
+            return torch.ops.mmkat.group_rational_linear(x, wn, wd, 8, w, b, gr.linear_dtype(x))
+
+    y_ref, g_ref = grads(fn, (x, wn, wd, w, b))
+    torch._dynamo.reset()
+    y, g = grads(torch.compile(fn, fullgraph=True), (x, wn, wd, w, b))
+    torch._dynamo.reset()
+    assert y.dtype == y_ref.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), y_ref.float(), rtol=1.6e-2, atol=1e-2)
     for a, e in zip(g, g_ref):
         err = ((a.double() - e.double()).norm() / e.double().norm()).item()
