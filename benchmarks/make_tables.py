@@ -141,8 +141,8 @@ def profile_table(results) -> str:
                              f"{r['kernel_ms']:.1f}", act,
                              f"{r['profile_wall_ms']:.1f}", f"{100 * r['gpu_busy']:.0f}%",
                              f"{r['ms_per_step']:.1f}"])
-    return table(['machine', 'setting', 'model', 'kernel ms/step', 'activation kernels ms/step', 'wall ms/step (profiled)',
-                  'GPU busy', 'ms/step (timed rounds)'], rows)
+    return table(['machine', 'setting', 'model', 'kernel ms/step', 'activation kernels ms/step',
+                  'wall ms/step (profiled)', 'GPU busy', 'ms/step (timed rounds)'], rows)
 
 
 def host_table(results) -> str:
