@@ -17,10 +17,7 @@ import benchmark as B  # noqa: E402
 
 import mmkat.ops.rational as gr  # noqa: E402
 from mmkat.utils.results import (  # noqa: E402
-    ResultsFileError,
-    check_results_file,
     command_line,
-    machine_name,
     new_run,
     now,
     save_results,
@@ -41,11 +38,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     dev = torch.device('cuda')
     command, started = command_line(__file__, sys.argv[1:] if argv is None else argv), now()
-    if args.out:
-        try:
-            check_results_file(args.out, BENCHMARK, machine_name(dev))
-        except (OSError, ResultsFileError) as e:
-            parser.error(f'--out: {e}')
+    B.check_out(parser, args.out, BENCHMARK, dev)
     torch._inductor.config.fx_graph_cache = False  # the two decompositions trace to the same pre-decomposition graph
     torch._functorch.config.enable_autograd_cache = False
 

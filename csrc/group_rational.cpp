@@ -65,6 +65,16 @@ at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& 
   return y.scalar_type() == dtype ? y : y.to(dtype);
 }
 
+at::Tensor group_rational_forward_to(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                     const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
+  // Looked up once (the schema is defined when the library loads, before any call).
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                               at::ScalarType)>();
+  return op.call(x, weight_numerator, weight_denominator, groups, dtype);
+}
+
 namespace {
 
 // group_rational_linear without autograd: linear(F(x), weight, bias) computed in `dtype` (the caller's choice:
@@ -73,11 +83,7 @@ at::Tensor group_rational_linear_composite(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& weight_denominator, int64_t groups,
                                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                            at::ScalarType dtype) {
-  static const auto forward_to = c10::Dispatcher::singleton()
-                                     .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
-                                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                       int64_t, at::ScalarType)>();
-  const at::Tensor a = forward_to.call(x, weight_numerator, weight_denominator, groups, dtype);
+  const at::Tensor a = group_rational_forward_to(x, weight_numerator, weight_denominator, groups, dtype);
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b = bias->to(dtype);
   return at::linear(a, weight.to(dtype), b);

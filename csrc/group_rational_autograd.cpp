@@ -15,6 +15,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "group_rational.h"
+
 
 
 namespace mmkat {
@@ -68,15 +70,8 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
   }
 };
 
-using ForwardToSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, at::ScalarType);
 using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
                              const std::optional<at::Tensor>&, at::ScalarType);
-
-const c10::TypedOperatorHandle<ForwardToSig>& forward_to_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_forward_to", "").typed<ForwardToSig>();
-  return op;
-}
 
 const c10::TypedOperatorHandle<LinearSig>& linear_op() {
   static const auto op =
@@ -125,7 +120,7 @@ class GroupRationalLinearFunction : public torch::autograd::Function<GroupRation
     const int64_t out_features = weight.size(0), in_features = weight.size(1);
     const at::Tensor dy2 = dy.to(compute).reshape({-1, out_features});
     if (need_weight) {
-      const at::Tensor a = forward_to_op().call(x, saved[1], saved[2], groups, compute);  // F(x) again
+      const at::Tensor a = group_rational_forward_to(x, saved[1], saved[2], groups, compute);  // F(x) again
       grads[4] = dy2.t().mm(a.reshape({-1, in_features})).to(weight.scalar_type());
     }
     if (need_bias) grads[5] = dy2.sum(0).to(bias_dtype);

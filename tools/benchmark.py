@@ -93,7 +93,7 @@ def build(kind: str, arch, img_size: int, patch_size: int = 16, classes: int = 1
 class Runner:
     """One model in one setting: ``step()`` runs one training or inference iteration."""
 
-    def __init__(self, model, mode, compile_mode, batch, img_size, device, dtype, classes=1000):
+    def __init__(self, model, mode, compile_mode, batch, img_size, device, dtype, classes=1000, fused_adamw=False):
         self.model = model.to(device).train(mode == 'train')
         self.mode, self.compile_mode, self.device, self.dtype = mode, compile_mode, device, dtype
         self.images = torch.randn(batch, 3, img_size, img_size, device=device)
@@ -101,7 +101,8 @@ class Runner:
         self.fn = self.model
         if compile_mode != 'eager':
             self.fn = torch.compile(self.model, mode=None if compile_mode == 'default' else compile_mode)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05) \
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.05,
+                                           fused=fused_adamw or None) \
             if mode == 'train' else None
         self.loss_fn = nn.CrossEntropyLoss()
         self.cudagraphs = compile_mode in ('reduce-overhead', 'max-autotune')
@@ -326,10 +327,7 @@ def host_costs(args, device) -> dict:
         for kind in ('vit', 'kat'):
             torch.manual_seed(0)
             runner = Runner(build(kind, arch, img_size=8, patch_size=4, classes=10), 'train', 'eager', 2, 8, device,
-                            dtype, classes=10)
-            if optimizer == 'fused':
-                runner.optimizer = torch.optim.AdamW(runner.model.parameters(), lr=1e-4, weight_decay=0.05,
-                                                     fused=True)
+                            dtype, classes=10, fused_adamw=optimizer == 'fused')
             for _ in range(args.warmup):
                 runner.step()
             runners[kind, optimizer] = runner
