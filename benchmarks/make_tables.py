@@ -353,6 +353,24 @@ def recompute_ab_table(results) -> str:
                   'peak training memory, KAT / twin (before / after)'], rows)
 
 
+# --------------- compiled training, KATBlock's checkpointing of norm2 -> act1 -> fc1 off / on, pairs on one H100
+def compiled_recompute_table(results) -> str:
+    """Per pair of runs (off and on, one after the other on one machine): KAT / twin images/s and peak memory."""
+    pairs = {}
+    for run in load('compiled_recompute_h100.json', results)['runs']:
+        by = {r['model']: r for r in run['rows']}
+        kat, twin = by['kat'], by['vit']
+        pairs.setdefault(run['settings']['pair'], {})[run['settings']['recompute']] = (
+            kat['arch'], kat['images_per_s'] / twin['images_per_s'], kat['peak_mem_gib'] / twin['peak_mem_gib'])
+    rows = []
+    for pair, by in sorted(pairs.items()):
+        arch = by[True][0]
+        rows.append([arch, pair, f'{by[False][1]:.2f}x / **{by[True][1]:.2f}x**',
+                     f'{by[False][2]:.2f}x / **{by[True][2]:.2f}x**'])
+    return table(['arch', 'pair', 'images/s, KAT / twin (off / on)', 'peak training memory, KAT / twin (off / on)'],
+                 rows)
+
+
 TABLES = {
     'files': files_table,
     'speed': speed_table,
@@ -362,6 +380,7 @@ TABLES = {
     'decomposition': decomposition_table,
     'host': host_table,
     'recompute-ab-h100': recompute_ab_table,
+    'compiled-recompute-h100': compiled_recompute_table,
     'fmnist-h200': lambda res: fmnist_table('fmnist_h200.json', res),
     'fmnist-h200-seeds': lambda res: fmnist_seed_table('fmnist_h200.json', res),
     'fmnist-h200-epochs': lambda res: fmnist_epoch_table('fmnist_h200.json', res),

@@ -71,8 +71,9 @@ class Classifier(nn.Module):
 
 
 def build(kind: str, arch, img_size: int, patch_size: int = 16, classes: int = 1000,
-          drop_path: float = 0.1) -> nn.Module:
-    """``arch``: a name of ARCHS or dict(embed_dims, num_layers, num_heads)."""
+          drop_path: float = 0.1, recompute: bool = True) -> nn.Module:
+    """``arch``: a name of ARCHS or dict(embed_dims, num_layers, num_heads); ``recompute``: KAT's
+    ``rational=dict(recompute=...)``."""
     if isinstance(arch, str):
         dims, heads = ARCHS[arch]
         depth = 12
@@ -86,7 +87,7 @@ def build(kind: str, arch, img_size: int, patch_size: int = 16, classes: int = 1
         raise ValueError(f'unknown model {kind!r}; expected one of {MODELS}')
     backbone_arch = arch if isinstance(arch, str) else dict(arch, mlp_ratio=4)
     backbone = KAT(backbone_arch, img_size=img_size, patch_size=patch_size, mlp='kan' if kind == 'kat' else 'gelu',
-                   drop_path_rate=drop_path)
+                   drop_path_rate=drop_path, rational=dict(recompute=recompute) if kind == 'kat' else None)
     return Classifier(backbone, dims, classes)
 
 
@@ -203,7 +204,7 @@ def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
         if device.type == 'cuda':
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(device)
-        model = build(kind, arch, args.img_size)
+        model = build(kind, arch, args.img_size, recompute=not args.no_recompute)
         params = sum(p.numel() for p in model.parameters())
         runner = Runner(model, mode, compile_mode, args.batch_size, args.img_size, device, dtype)
         t0 = time.perf_counter()
@@ -458,6 +459,8 @@ def main(argv=None):
                         help='autocast dtype; float32 runs without autocast (default bfloat16)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='cuda or cpu (default: cuda when a GPU is visible)')
+    parser.add_argument('--no-recompute', action='store_true',
+                        help="KAT with rational=dict(recompute=False): act1's output kept for backward")
     parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
     parser.add_argument('--top-kernels', type=int, default=0, help='with --profile: list the N costliest kernels')
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
@@ -505,7 +508,7 @@ def main(argv=None):
     print_table(rows, args.profile)
     run = new_run(command, device, date=started, rows=rows,
                   settings=dict(settings, device=device.type, batch_size=args.batch_size, img_size=args.img_size,
-                                dtype=args.dtype))
+                                dtype=args.dtype, **({'recompute': False} if args.no_recompute else {})))
     if args.out:
         save(parser, args.out, run, SPEED_BENCHMARK)
     if args.chart:

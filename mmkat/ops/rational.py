@@ -470,9 +470,13 @@ def linear_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype an nn.Linear computes in when it is applied to ``x`` here: autocast's where autocast is on for
     x's device and casts x (floating, not float64), x's own otherwise."""
     device = x.device.type
-    if x.dtype != torch.float64 and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
+    if x.dtype == torch.float64:
+        return x.dtype
+    # Dynamo cannot trace is_autocast_available in every torch version (2.11 breaks the graph there); a traced
+    # call has an input on a device with mmkat kernels (CPU, CUDA), which both have autocast.
+    if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device):
+        return x.dtype
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def group_rational_linear(x: torch.Tensor,

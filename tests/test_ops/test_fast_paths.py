@@ -98,7 +98,7 @@ def test_module_direct_call_errors_name_the_problem():
         m(torch.randn(2, 32))
     with pytest.raises(RuntimeError, match='x must be a floating-point tensor'):
         GroupRational(8)(torch.ones(2, 16, dtype=torch.int32))
-    with pytest.raises(RuntimeError, match=r'C = 12\) must be divisible by groups = 8'):
+    with pytest.raises(ValueError, match=r'C = 12, shape \(2, 12\)\) must be divisible by groups = 8'):
         GroupRational(8)(torch.randn(2, 12))
 
 

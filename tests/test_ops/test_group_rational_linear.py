@@ -301,3 +301,76 @@ def test_fused_op_compiles_under_autocast():
     for a, e in zip(g, g_ref):
         err = ((a.double() - e.double()).norm() / e.double().norm()).item()
         assert err < 2e-2, err
+
+
+# ------------------------------------------------------------------------------ KATBlock under torch.compile
+def compiled_block_step(recompute, device='cpu'):
+    """A KATBlock (act1 not the identity) compiled through AOTAutograd with inductor's decompositions and
+    partitioner, one training step under bf16 autocast: output, gradients, and the (numel, dtype)
+    of every activation-sized tensor its compiled forward keeps for backward."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+
+    import mmkat.ops.rational as gr
+    from mmkat.models.layers.block import KATBlock
+    torch.manual_seed(0)
+    block = KATBlock(64, 2, rational=dict(recompute=recompute))
+    with torch.no_grad():
+        block.mlp.act1.weight_numerator.copy_(torch.tensor([[0.1, 0.9, 0.3, -0.2, 0.05, 0.01]]))
+        block.mlp.act1.weight_denominator.normal_(0, 0.5)
+    block.to(device)
+    x = torch.randn(8, 50, 64, generator=torch.Generator().manual_seed(4)).to(device).requires_grad_()
+    kept = []
+
+    def forward_compiler(gm, example_inputs):
+        outputs = [n for n in gm.graph.nodes if n.op == 'output'][0].args[0]
+        vals = [o.meta.get('val') for o in outputs[1:]]  # outputs[0] is the block's output
+        kept.extend((v.numel(), v.dtype) for v in vals if isinstance(v, torch.Tensor) and v.numel() >= 400 * 64)
+        return gm
+
+    gr._register_inductor_decomposition()
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=forward_compiler, bw_compiler=lambda gm, example_inputs: gm,
+                           decompositions=select_decomp_table(), partition_fn=min_cut_rematerialization_partition)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y = torch.compile(block, backend=backend, fullgraph=True)(x, (5, 10))
+    y.float().square().sum().backward()
+    torch._dynamo.reset()
+    return y, [x.grad] + [p.grad for p in block.parameters()], sorted(kept, key=str)
+
+
+@requires_ext
+@pytest.mark.parametrize('device', DEVICES)
+def test_compiled_block_recomputes_kan_input(device):
+    """Under torch.compile, recompute=True checkpoints norm2 -> act1 -> fc1 keeping only matmul outputs: the
+    compiled block computes the same values, bitwise, and no longer keeps norm2's fp32 output nor act1's bf16
+    output for backward (x, kept for norm2's backward anyway, is the one fp32 activation left)."""
+    y, g, kept = compiled_block_step(True, device)
+    y_ref, g_ref, kept_ref = compiled_block_step(False, device)
+    assert torch.equal(y, y_ref)
+    assert all(torch.equal(a, b) for a, b in zip(g, g_ref))
+    removed = list(kept_ref)
+    for t in kept:
+        removed.remove(t)  # everything kept with recompute=True is kept without it
+    assert sorted(removed, key=str) == [(8 * 50 * 64, torch.bfloat16), (8 * 50 * 64, torch.float32)]
+
+
+@requires_ext
+def test_compiled_block_checkpoints_only_where_it_is_not_observable(monkeypatch):
+    from mmkat.models.layers.block import KATBlock
+    block = KATBlock(64, 2)
+    assert not block._recompute_kan_input()  # eager: the fused op does it
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert block._recompute_kan_input()
+    with torch.no_grad():
+        assert not block._recompute_kan_input()  # nothing kept for backward anyway
+    handle = block.norm2.register_forward_hook(lambda *a: None)
+    assert not block._recompute_kan_input()  # a hook on norm2 sees its call once
+    handle.remove()
+    handle = block.mlp.register_forward_pre_hook(lambda *a: None)
+    assert not block._recompute_kan_input()  # a hook on the KAN sees its call
+    handle.remove()
+    assert not KATBlock(64, 2, rational=dict(recompute=False))._recompute_kan_input()
+    assert not KATBlock(64, 2, drop=0.1)._recompute_kan_input()  # dropout between act1 and fc1 in training
+    assert not KATBlock(64, 2, mlp='gelu')._recompute_kan_input()

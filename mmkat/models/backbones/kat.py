@@ -58,7 +58,8 @@ class KAT(BaseModule):
         mlp: 'kan' (KAT) or 'gelu' (the plain ViT of the same size, the baseline).
         rational: options of the group-rational activations, dict(groups=8, act1_init='identity',
             act2_init='swish', impl='auto', recompute=True); ``recompute`` runs each block's act1 -> fc1 as
-            one op that recomputes act1's output in backward instead of keeping it (see :class:`KAN`).
+            one op that recomputes act1's output in backward instead of keeping it (see :class:`KAN`); under
+            torch.compile each block checkpoints norm2 -> act1 -> fc1 instead (see :class:`KATBlock`).
         window_size: 0 (global attention everywhere) or the window side, in patches, of ViTDet's window
             attention; blocks in ``global_attn_indexes`` keep global attention.
         global_attn_indexes: blocks with global attention when window_size > 0 (ViTDet: 2, 5, 8, 11).

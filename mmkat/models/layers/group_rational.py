@@ -74,6 +74,9 @@ class GroupRational(nn.Module):
         if self.num_channels is not None and (x.dim() < 1 or x.shape[-1] != self.num_channels):
             raise ValueError(f'GroupRational: expected an input of shape (..., {self.num_channels}), got '
                              f'{tuple(x.shape)}')
+        if x.dim() >= 1 and x.shape[-1] % self.groups:
+            raise ValueError(f'GroupRational: the last dimension of the input (C = {x.shape[-1]}, shape '
+                             f'{tuple(x.shape)}) must be divisible by groups = {self.groups}')
         if x.device.type in self._op_devices:
             return _rational._compiled_call(x, self.weight_numerator, self.weight_denominator, self.groups)
         return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self._impl)

@@ -41,9 +41,11 @@ class KAN(nn.Module):
             per block held for backward, for one more act1 forward in backward. Taken where it computes the
             same as the separate calls: the compiled op on the input's device, no dropout between act1 and
             fc1 in training, act1 a GroupRational and fc1 an nn.Linear (not a replacement such as a LoRA
-            wrapper), no hooks on act1, drop1 or fc1 (nor global module hooks), and not under torch.compile
-            (whose partitioner is given the separate calls: measured on an H100, the fused op kept KAT-S's
-            compiled peak memory at 1.08x its twin's, as the separate calls do) or TorchScript tracing.
+            wrapper), no hooks on act1, drop1 or fc1 (nor global module hooks), and not under TorchScript
+            tracing or torch.compile. Under torch.compile (training) a :class:`KATBlock` instead gives inductor
+            the separate calls with norm2 -> act1 -> fc1 selectively checkpointed, only fc1's matmul output kept,
+            so that neither norm2's output nor act1's is held for backward (the fused op as one graph node did
+            not lower compiled peak memory).
     """
 
     def __init__(self,
@@ -67,12 +69,16 @@ class KAN(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.recompute = recompute
 
+    def recomputes_act1(self) -> bool:
+        """Whether act1's output may be recomputed in backward instead of kept: ``recompute`` is on, act1 is a
+        GroupRational and fc1 an nn.Linear (not replacements), no dropout acts between them, and no hook
+        expects their calls."""
+        return (self.recompute and type(self.act1) is GroupRational and type(self.fc1) is nn.Linear
+                and (self.drop1.p == 0. or not self.training) and not _hooked(self.act1, self.drop1, self.fc1))
+
     def _fused(self, x: torch.Tensor) -> bool:
-        act1, fc1 = self.act1, self.fc1
-        return (self.recompute and type(act1) is GroupRational and type(fc1) is nn.Linear
-                and x.device.type in act1._op_devices and x.dim() >= 1 and x.shape[-1] == fc1.in_features
-                and (self.drop1.p == 0. or not self.training) and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing() and not _hooked(act1, self.drop1, fc1))
+        return (x.device.type in self.act1._op_devices and x.dim() >= 1 and x.shape[-1] == self.fc1.in_features
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and self.recomputes_act1())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused(x):
