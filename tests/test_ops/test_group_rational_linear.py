@@ -365,6 +365,8 @@ def test_compiled_block_checkpoints_only_where_it_is_not_observable(monkeypatch)
     assert block._recompute_kan_input()
     with torch.no_grad():
         assert not block._recompute_kan_input()  # nothing kept for backward anyway
+    assert not block.eval()._recompute_kan_input()  # not training (torch.export of an eval model, say)
+    block.train()
     handle = block.norm2.register_forward_hook(lambda *a: None)
     assert not block._recompute_kan_input()  # a hook on norm2 sees its call once
     handle.remove()
