@@ -115,7 +115,7 @@ class KATBlock(nn.Module):
         if self._recompute_kan_input():
             # Inductor's partitioner would keep both act1's input (norm2's fp32 output) and its output for
             # backward; checkpointed with only the matmuls' outputs kept, both are recomputed from x (kept
-            # anyway for the residual's LayerNorm): the same values, one activation less per block.
+            # anyway for norm2's backward): the same values, two activations less per block.
             _quiet_checkpoint_warning()
             mlp = self.mlp
             h = checkpoint(self._kan_hidden, x, use_reentrant=False, context_fn=_KEEP_ONLY_MATMULS)
