@@ -19,11 +19,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_numerator,
     const at::Tensor& weight_denominator, int64_t groups);
 
-// The forward with its result written in `dtype` (one rounding from the math type: the same values as the
-// forward followed by .to(dtype) whenever dtype is not wider than x's type).
 // mmkat::group_rational_forward_to through the dispatcher (to the tensor's backend; for the fused linear op).
 at::Tensor group_rational_forward_to(const at::Tensor& x, const at::Tensor& weight_numerator,
                                      const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype);
+// The forward with its result written in `dtype` (one rounding from the math type: the same values as the
+// forward followed by .to(dtype) whenever dtype is not wider than x's type).
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype);
 

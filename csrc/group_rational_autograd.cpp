@@ -17,8 +17,6 @@
 
 #include "group_rational.h"
 
-
-
 namespace mmkat {
 namespace {
 
