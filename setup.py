@@ -84,6 +84,47 @@ def _want_cuda(cuda_home, torch):
     return True
 
 
+def _print_file_name(driver, name):
+    """The path the compiler driver would link for library file ``name``, or None where it has none (GCC and
+    clang print the bare name back) or cannot be asked."""
+    import subprocess
+    try:
+        out = subprocess.run([driver, f'-print-file-name={name}'], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
+def _libstdcxx_link_args(drivers):
+    """Extra link arguments that keep mmkat._C on the shared libstdc++, the C++ runtime torch uses.
+
+    A compiler whose library folders hold libstdc++.a but no libstdc++.so (a GCC installed apart from the
+    system's, e.g. under /opt, with the system's libstdc++.so.6 outside its search path) links a private copy
+    of the C++ runtime into the extension. That copy formats numbers through locale data that the process's
+    own libstdc++ set up, so a failed input check whose message holds a number ends the process with a
+    segmentation fault instead of raising. Such a compiler is given the shared libstdc++.so.6 it can find
+    (the linker then takes nothing from the archive); a build that would link only the static runtime stops.
+    """
+    if not sys.platform.startswith('linux'):
+        return []
+    args = []
+    for driver in dict.fromkeys(d for d in drivers if d):
+        if _print_file_name(driver, 'libstdc++.so') or not _print_file_name(driver, 'libstdc++.a'):
+            continue  # links the shared runtime, or is not a GCC-style driver with a static one to fall back on
+        shared = _print_file_name(driver, 'libstdc++.so.6')
+        if shared is None:
+            raise SystemExit(f'mmkat setup: the C++ compiler {driver} finds libstdc++.a but no shared libstdc++ '
+                             '(libstdc++.so or libstdc++.so.6); an extension linked with the static C++ runtime '
+                             'crashes inside torch. Set CXX to a compiler that links libstdc++.so (e.g. the '
+                             "system's g++), or install the libstdc++ development package for this one.")
+        print(f'mmkat setup: {driver} has no libstdc++.so in its search path; linking {shared} instead of its '
+              'static libstdc++.a', file=sys.stderr)
+        if shared not in args:
+            args.append(shared)
+    return args
+
+
 # Must happen before torch.utils.cpp_extension is imported anywhere: it reads CUDA_HOME at import time.
 CUDA_HOME = _find_cuda_home()
 if CUDA_HOME is not None:
@@ -136,6 +177,15 @@ def read_version():
 def main():
     from torch.utils.cpp_extension import BuildExtension
 
+    class BuildMMKat(BuildExtension):
+        def build_extensions(self):
+            # the drivers that may link: the C++ compiler and the shared-object linker setuptools set up
+            drivers = [getattr(self.compiler, attr, None) for attr in ('compiler_cxx', 'linker_so_cxx', 'linker_so')]
+            extra = _libstdcxx_link_args([d[0] for d in drivers if d])
+            for ext in self.extensions:
+                ext.extra_link_args = list(ext.extra_link_args or []) + extra
+            super().build_extensions()
+
     setup(
         name='mmkat',
         version=read_version(),
@@ -147,7 +197,7 @@ def main():
         packages=find_packages(include=['mmkat', 'mmkat.*']),
         package_data={'mmkat': ['ops/*.json']},
         ext_modules=get_extensions(),
-        cmdclass={'build_ext': BuildExtension.with_options(use_ninja=True)},
+        cmdclass={'build_ext': BuildMMKat.with_options(use_ninja=True)},
         install_requires=['torch>=2.4', 'mmengine>=0.10.0', 'safetensors>=0.4', 'huggingface_hub>=0.23'],
         zip_safe=False,
     )

@@ -1,6 +1,8 @@
 """setup.py's build decisions: finding the CUDA toolkit behind a wrapper, MMKAT_WITH_CUDA."""
 import importlib.util
 import os
+import re
+import sys
 import types
 
 import pytest
@@ -74,3 +76,47 @@ def test_mmkat_with_cuda_fails_loudly(setup_module, monkeypatch, flag, cuda_torc
                                        __version__='2.14.1')
     with pytest.raises(SystemExit, match=message):
         setup_module._want_cuda('/opt/cuda' if toolkit else None, fake_torch)
+
+
+def fake_driver(tmp_path, name, files):
+    """A compiler driver that answers -print-file-name=NAME with files[NAME], or the bare name (not found),
+    as GCC does."""
+    lines = ['#!/bin/sh', 'case "$1" in']
+    for lib, path in files.items():
+        lines.append(f'  -print-file-name={lib}) echo {path} ;;')
+    lines += ['  -print-file-name=*) echo "${1#-print-file-name=}" ;;', '  *) exit 1 ;;', 'esac']
+    driver = tmp_path / name
+    driver.write_text('\n'.join(lines) + '\n')
+    driver.chmod(0o755)
+    return str(driver)
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return str(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='the libstdc++ probe runs on Linux only')
+def test_libstdcxx_link_args(setup_module, tmp_path, capsys):
+    static = touch(tmp_path / 'gcc' / 'libstdc++.a')
+    shared = touch(tmp_path / 'gcc' / 'libstdc++.so')
+    system = touch(tmp_path / 'system' / 'libstdc++.so.6')
+    usual = fake_driver(tmp_path, 'usual-g++', {'libstdc++.so': shared, 'libstdc++.a': static})
+    assert setup_module._libstdcxx_link_args([usual]) == []
+    # a GCC installed apart: only the archive in its own folders, the system's shared runtime found by soname
+    apart = fake_driver(tmp_path, 'opt-g++', {'libstdc++.a': static, 'libstdc++.so.6': system})
+    assert setup_module._libstdcxx_link_args([usual, apart, apart]) == [system]
+    assert 'linking ' + system in capsys.readouterr().err
+    # not a GCC-style driver (no archive to fall back on), or one that cannot be run: left alone
+    assert setup_module._libstdcxx_link_args([fake_driver(tmp_path, 'other-cc', {}), str(tmp_path / 'none')]) == []
+    # only the static runtime: the build stops with the driver named
+    alone = fake_driver(tmp_path, 'static-g++', {'libstdc++.a': static})
+    with pytest.raises(SystemExit, match=re.escape('static-g++ finds libstdc++.a but no shared libstdc++')):
+        setup_module._libstdcxx_link_args([alone])
+
+
+def test_libstdcxx_probe_is_linux_only(setup_module, tmp_path, monkeypatch):
+    alone = fake_driver(tmp_path, 'static-g++', {'libstdc++.a': touch(tmp_path / 'libstdc++.a')})
+    monkeypatch.setattr(setup_module.sys, 'platform', 'darwin')
+    assert setup_module._libstdcxx_link_args([alone]) == []

@@ -1,5 +1,8 @@
 """The group-rational op: the reference against the scalar formula, the kernels against the reference."""
 import math
+import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -339,6 +342,36 @@ def test_op_level_checks_name_the_expected_shape():
     with pytest.raises(RuntimeError, match='floating-point'):
         torch.ops.mmkat.group_rational_forward(torch.ones(2, 16, dtype=torch.int32), torch.randn(1, 6),
                                                torch.randn(8, 4), 8)
+
+
+@requires_ext
+@pytest.mark.parametrize('call,message', [
+    (lambda: torch.ops.mmkat.group_rational_forward(torch.randn(2, 12), torch.randn(1, 6), torch.randn(0, 4), 0),
+     'groups must be >= 1, got 0'),
+    (lambda: torch.ops.mmkat.group_rational_forward(torch.randn(2, 12), torch.randn(1, 6), torch.randn(8, 4), 8),
+     r'the last dimension of x \(C = 12\) must be divisible by groups = 8'),
+    (lambda: torch.ops.mmkat.group_rational_forward(torch.randn(2, 12), torch.randn(1, 5), torch.randn(4, 4), 4),
+     r'weight_numerator must have shape \[1, 6\], got \[1, 5\]'),
+    (lambda: torch.ops.mmkat.group_rational_backward(torch.randn(2, 12), torch.randn(2, 12), torch.randn(1, 6),
+                                                     torch.randn(8, 4), 8), r'\(C = 12\)'),
+])
+def test_op_level_messages_with_numbers_raise(call, message):
+    """The C++ checks format integers into their messages. An extension linked with a private, static copy of
+    the C++ runtime crashed exactly there (SIGSEGV, which ends this test run) instead of raising."""
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+@requires_ext
+@pytest.mark.skipif(not sys.platform.startswith('linux') or shutil.which('readelf') is None,
+                    reason='needs Linux and binutils (readelf)')
+def test_extension_uses_the_shared_cpp_runtime():
+    """mmkat._C must use the libstdc++.so.6 that torch uses, not a static copy of its own (setup.py's
+    _libstdcxx_link_args): the static copy breaks number formatting inside the process."""
+    import mmkat._C
+    dynamic = subprocess.run(['readelf', '-d', mmkat._C.__file__], capture_output=True, text=True, check=True).stdout
+    needed = [line.split('[')[-1].rstrip(']') for line in dynamic.splitlines() if '(NEEDED)' in line]
+    assert 'libstdc++.so.6' in needed, f'{mmkat._C.__file__} needs {needed}, not libstdc++.so.6'
 
 
 # ---------------------------------------------------------------------------------------- dispatch
