@@ -103,8 +103,9 @@ def _libstdcxx_link_args(drivers):
     system's, e.g. under /opt, with the system's libstdc++.so.6 outside its search path) links a private copy
     of the C++ runtime into the extension. That copy formats numbers through locale data that the process's
     own libstdc++ set up, so a failed input check whose message holds a number ends the process with a
-    segmentation fault instead of raising. Such a compiler is given the shared libstdc++.so.6 it can find
-    (the linker then takes nothing from the archive); a build that would link only the static runtime stops.
+    segmentation fault, or raises a message cut off where the number should be. Such a compiler is given the
+    shared libstdc++.so.6 it can find (the linker then takes nothing from the archive); a build that would link
+    only the static runtime stops.
     """
     if not sys.platform.startswith('linux'):
         return []

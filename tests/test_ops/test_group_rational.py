@@ -354,10 +354,11 @@ def test_op_level_checks_name_the_expected_shape():
      r'weight_numerator must have shape \[1, 6\], got \[1, 5\]'),
     (lambda: torch.ops.mmkat.group_rational_backward(torch.randn(2, 12), torch.randn(2, 12), torch.randn(1, 6),
                                                      torch.randn(8, 4), 8), r'\(C = 12\)'),
-])
+], ids=['groups-0', 'channels-not-divisible', 'numerator-shape', 'backward-channels'])
 def test_op_level_messages_with_numbers_raise(call, message):
     """The C++ checks format integers into their messages. An extension linked with a private, static copy of
-    the C++ runtime crashed exactly there (SIGSEGV, which ends this test run) instead of raising."""
+    the C++ runtime fails exactly there: a segmentation fault (which ends this test run) or a message that stops
+    where the number should be."""
     with pytest.raises(RuntimeError, match=message):
         call()
 
