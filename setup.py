@@ -126,6 +126,16 @@ def _libstdcxx_link_args(drivers):
     return args
 
 
+def _link_drivers():
+    """The compiler drivers a setuptools build of an extension links with here (CXX, LDSHARED, CC from the
+    environment, else Python's build configuration), for builds this file does not run: tools/setup_env.sh
+    passes ``_libstdcxx_link_args(_link_drivers())`` to mmcv's through LDFLAGS."""
+    import shlex
+    import sysconfig
+    commands = [os.environ.get(var) or sysconfig.get_config_var(var) for var in ('CXX', 'LDSHARED', 'CC')]
+    return [shlex.split(c)[0] for c in commands if c and c.strip()]
+
+
 # Must happen before torch.utils.cpp_extension is imported anywhere: it reads CUDA_HOME at import time.
 CUDA_HOME = _find_cuda_home()
 if CUDA_HOME is not None:

@@ -120,3 +120,11 @@ def test_libstdcxx_probe_is_linux_only(setup_module, tmp_path, monkeypatch):
     alone = fake_driver(tmp_path, 'static-g++', {'libstdc++.a': touch(tmp_path / 'libstdc++.a')})
     monkeypatch.setattr(setup_module.sys, 'platform', 'darwin')
     assert setup_module._libstdcxx_link_args([alone]) == []
+
+
+def test_link_drivers_follow_the_environment(setup_module, monkeypatch):
+    """tools/setup_env.sh probes these for mmcv's build: CXX, LDSHARED, CC, first word each."""
+    monkeypatch.setenv('CXX', '/opt/gcc/bin/g++ -m64')
+    monkeypatch.setenv('LDSHARED', '/opt/gcc/bin/gcc -shared')
+    monkeypatch.setenv('CC', 'cc')
+    assert setup_module._link_drivers() == ['/opt/gcc/bin/g++', '/opt/gcc/bin/gcc', 'cc']

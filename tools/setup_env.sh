@@ -110,9 +110,16 @@ else
     # torch >= 2.10's headers need C++20; mmcv 2.1.0 asks for C++17.
     sed -i 's/-std=c++17/-std=c++20/g' "$BUILD_DIR/mmcv-$MMCV_VERSION/setup.py"
     mkdir -p "$WHEEL_DIR.partial"
+    # A compiler that finds only the static libstdc++ links a private copy of the C++ runtime into an extension,
+    # which then breaks inside torch (docs/op.md, "Building"); mmkat's setup.py gives such a compiler the
+    # system's shared libstdc++.so.6, and mmcv's build gets it here, through LDFLAGS.
+    LIBSTDCXX=$(cd "$ROOT" && "$VPY" -c 'import importlib.util as u
+s = u.spec_from_file_location("mmkat_setup", "setup.py"); m = u.module_from_spec(s); s.loader.exec_module(m)
+print(" ".join(m._libstdcxx_link_args(m._link_drivers())))') || die "no shared C++ runtime for mmcv's build (above)"
     (
       cd "$BUILD_DIR/mmcv-$MMCV_VERSION"
       export MMCV_WITH_OPS=1
+      if [ -n "$LIBSTDCXX" ]; then export LDFLAGS="${LDFLAGS:-} -Wl,--no-as-needed $LIBSTDCXX -Wl,--as-needed"; fi
       # Python's CFLAGS replace the defaults, -O3 included: give them back, without debug info.
       export CFLAGS="-DNDEBUG -O3 -g0" CXXFLAGS="-DNDEBUG -O3 -g0"
       if [ "$OPS_KIND" = cudaops ]; then export FORCE_CUDA=1; else export FORCE_CUDA=0; fi
