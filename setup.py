@@ -164,7 +164,7 @@ def get_extensions():
     # Tuning knobs for kernel experiments (tools/benchmark_op.py compares builds); defaults are the tuned ones.
     if os.environ.get('MMKAT_CUDA_UNROLL'):
         nvcc.append(f"-DMMKAT_CUDA_UNROLL={int(os.environ['MMKAT_CUDA_UNROLL'])}")
-    for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS'):
+    for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS', 'MMKAT_BLOCKS_PER_SM', 'MMKAT_LOAD_STAGES'):
         if os.environ.get(knob):
             nvcc.append(f'-D{knob}={int(os.environ[knob])}')
     if os.environ.get('MMKAT_PTXAS_VERBOSE') == '1':

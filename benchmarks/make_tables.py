@@ -153,14 +153,17 @@ def host_table(results) -> str:
             fb = h.get('forward_backward_kat_over_vit')
             pair = ' / '.join
             fused = h.get('fused_adamw_kat_over_vit')
+            opt = h.get('optimizer_step_ms')
+            opt_cell = '-' if opt is None else ' / '.join(
+                f"{opt[f'kat {o}'] / opt[f'vit {o}']:.2f}" for o in ('default', 'fused'))
             rows.append([f'`{name}` #{i}', f"{run['machine']}, {run['settings']['device']}",
                          f"{h['kat_over_vit']:.2f}", f'{fused:.2f}' if fused is not None else '-',
-                         f'{fb:.2f}' if fb is not None else '-',
+                         f'{fb:.2f}' if fb is not None else '-', opt_cell,
                          pair(f"{calls[f'{a} forward']:.1f}" for a in ('GroupRational', 'GELU')),
                          pair(f"{calls[f'{a} forward+backward']:.1f}" for a in ('GroupRational', 'GELU')),
                          pair(f"{calls[f'{a} forward, no grad']:.1f}" for a in ('GroupRational', 'GELU'))])
     return table(['run', 'machine, tensors on', 'step KAT / ViT', 'step KAT / ViT, AdamW(fused=True)',
-                  'forward + backward KAT / ViT',
+                  'forward + backward KAT / ViT', 'optimizer step KAT / ViT, AdamW / fused',
                   'forward us, GroupRational / GELU', 'forward + backward us', 'forward without grad us'], rows)
 
 

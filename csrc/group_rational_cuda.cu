@@ -13,13 +13,17 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <initializer_list>
+#include <type_traits>
 
 #include "group_rational.h"
 #include "rational_math.h"
@@ -41,11 +45,19 @@ namespace {
 #ifndef MMKAT_THREADS
 #define MMKAT_THREADS 256
 #endif
+#ifndef MMKAT_LOAD_STAGES
+#define MMKAT_LOAD_STAGES 0  // 2 to 4: the "ahead" kernels below, a build option until they are measured
+#endif
+#ifndef MMKAT_BLOCKS_PER_SM
+#define MMKAT_BLOCKS_PER_SM (2 * 2048 / MMKAT_THREADS)  // ~2 waves at full occupancy
+#endif
 
 constexpr int kThreads = MMKAT_THREADS;
 constexpr int kUnroll = MMKAT_CUDA_UNROLL;     // row segments in flight per thread and iteration
 constexpr int kVecBytes = MMKAT_VEC_BYTES;     // bytes per vector access (16 or 8)
 constexpr int kMinBlocks = MMKAT_MIN_BLOCKS;   // __launch_bounds__ minimum resident blocks per SM
+constexpr int kStages = MMKAT_LOAD_STAGES;     // vectorized kernels: 0 plain, else loads in flight per thread
+static_assert(kStages == 0 || (kStages >= 2 && kStages <= 8), "MMKAT_LOAD_STAGES must be 0 or 2..8");
 
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Vec {
@@ -83,6 +95,33 @@ __device__ __forceinline__ void store_vec(void* p, const V& v) {
     *reinterpret_cast<uint2*>(p) = raw;
   } else {
     *reinterpret_cast<V*>(p) = v;
+  }
+}
+
+// Whether an element of a vector has |x| > kFarThreshold and needs the per-element path. For 16-bit types
+// the test reads the bits, a few integer operations per pair of elements instead of a compare and select per
+// element: adding (0x8000 - the first far magnitude pattern) to a 16-bit magnitude sets its top bit exactly
+// when the element is far (bfloat16: beyond 0x4780 = 65536; float16 has no finite value beyond 65536, so
+// inf 0x7c00 and above), and the halves of a word cannot carry into each other (0x7fff + 0x387f < 0x10000).
+// NaN counts as far there; the per-element path then gives it the direct form, as the float test does.
+template <typename scalar_t, int VEC>
+__device__ __forceinline__ bool any_far(const Vec<scalar_t, VEC>& v) {
+  constexpr bool kBF16 = std::is_same_v<scalar_t, c10::BFloat16>;
+  if constexpr ((kBF16 || std::is_same_v<scalar_t, c10::Half>) && VEC % 2 == 0) {
+    static_assert(kFarThreshold == 65536.0, "the bit patterns below are those of 65536");
+    constexpr uint32_t kAdd = (kBF16 ? 0x387fu : 0x0400u) * 0x10001u;
+    uint32_t w[VEC / 2];
+    memcpy(w, &v, sizeof(w));
+    uint32_t hit = 0;
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) hit |= (w[i] & 0x7fff7fffu) + kAdd;
+    return (hit & 0x80008000u) != 0;
+  } else {
+    using T = at::opmath_type<scalar_t>;
+    T amax = T(0);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) amax = fmax(amax, magnitude(static_cast<T>(v.v[k])));  // NaN is passed over
+    return amax > T(kFarThreshold);
   }
 }
 
@@ -254,6 +293,143 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const gr
   }
 }
 
+// The vectorized kernels with their loads issued ahead ("ahead" kernels). A block's threads walk the group's
+// [rows, D] segment as one flat sequence of vectors (no idle lanes when a block's threads are not a multiple of
+// the vectors per row), and each thread copies the x (and dy) vectors of its next kStages - 1 steps into its
+// own shared-memory slots (cp.async: no registers held) while it computes the current one. A thread reads only
+// the slots it filled itself, so it waits on its own copies and no barrier is needed. Offsets count vectors in
+// 32 bits: the callers take the plain kernels where vector_offsets_fit says no.
+struct Cursor {
+  int32_t off;  // offset of the vector in x, in vectors
+  int32_t col;  // its index inside the group's row segment
+};
+
+// body(off, xin, gin) for each of this thread's vectors, in order; gin is x's vector again when kGrad is false.
+template <bool kGrad, typename V, typename G, typename Body>
+__device__ __forceinline__ void walk_ahead(const Layout& L, const V* __restrict__ x, const G* __restrict__ dy,
+                                           Body&& body) {
+  constexpr int S = kStages >= 2 ? kStages : 2;  // (never instantiated with kStages 0)
+  __shared__ V xs[S][kThreads];
+  __shared__ G gs[kGrad ? S : 1][kGrad ? kThreads : 1];
+  const int32_t per_row = L.per_row;
+  const int32_t row_vectors = static_cast<int32_t>(L.channels / L.vec);
+  const int32_t end = static_cast<int32_t>(L.rows) * row_vectors;  // the first offset past the last row
+  // One step moves a thread over gridDim.y * kThreads vectors of the group: whole rows, then columns (and one
+  // more row where the columns wrap past the segment's end).
+  const int32_t step = static_cast<int32_t>(gridDim.y) * kThreads;
+  const int32_t step_cols = step % per_row;
+  const int32_t step_off = (step / per_row) * row_vectors + step_cols;
+  const int32_t wrap = row_vectors - per_row;
+  const int32_t first = static_cast<int32_t>(blockIdx.y) * kThreads + threadIdx.x;
+  Cursor cur{(first / per_row) * row_vectors + static_cast<int32_t>(blockIdx.x) * per_row + first % per_row,
+             first % per_row};
+  Cursor ahead = cur;
+  auto advance = [&](Cursor& c) {
+    c.col += step_cols;
+    c.off += step_off;
+    if (c.col >= per_row) {
+      c.col -= per_row;
+      c.off += wrap;
+    }
+  };
+  V* xslot = &xs[0][threadIdx.x];
+  G* gslot = &gs[0][kGrad ? threadIdx.x : 0];
+  auto issue = [&](int slot) {
+    if (ahead.off < end) {
+      __pipeline_memcpy_async(xslot + slot * kThreads, x + ahead.off, sizeof(V));
+      if constexpr (kGrad) __pipeline_memcpy_async(gslot + slot * kThreads, dy + ahead.off, sizeof(G));
+    }
+    __pipeline_commit();  // an empty group past the end keeps the count of groups in flight fixed
+    advance(ahead);
+  };
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) issue(i);
+  int slot = 0;
+  while (cur.off < end) {
+    issue(slot == 0 ? S - 1 : slot - 1);  // the slot computed one step ago is free again
+    __pipeline_wait_prior(S - 1);
+    const V xin = xslot[slot * kThreads];
+    if constexpr (kGrad) {
+      body(cur.off, xin, gslot[slot * kThreads]);
+    } else {
+      body(cur.off, xin, xin);
+    }
+    advance(cur);
+    slot = slot + 1 == S ? 0 : slot + 1;
+  }
+}
+
+template <typename scalar_t, typename out_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel_ahead(const scalar_t* __restrict__ x,
+                                                                 out_t* __restrict__ y,
+                                                                 const at::opmath_type<scalar_t>* __restrict__ wn,
+                                                                 const at::opmath_type<scalar_t>* __restrict__ wd,
+                                                                 Layout L) {
+  using T = at::opmath_type<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  T a[kNumerator], babs[kDenominator];
+  load_coefficients(wn, wd, blockIdx.x, a, babs);
+  walk_ahead<false>(L, reinterpret_cast<const V*>(x), reinterpret_cast<const V*>(x),
+                    [&](int32_t off, const V& in, const V&) {
+                      Vec<out_t, VEC> out;
+                      if (__builtin_expect(any_far(in), 0)) {  // rare: each element picks its form
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k) {
+                          out.v[k] = static_cast<out_t>(rational_forward<T>(static_cast<T>(in.v[k]), a, babs));
+                        }
+                      } else {
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k) {
+                          const T xv = static_cast<T>(in.v[k]);
+                          out.v[k] = static_cast<out_t>(rational_forward_direct<T>(xv, fabs(xv), a, babs));
+                        }
+                      }
+                      store_vec(y + static_cast<int64_t>(off) * VEC, out);
+                    });
+}
+
+template <typename scalar_t, typename grad_t, int VEC>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel_ahead(const grad_t* __restrict__ dy,
+                                                                  const scalar_t* __restrict__ x,
+                                                                  scalar_t* __restrict__ dx,
+                                                                  const at::opmath_type<scalar_t>* __restrict__ wn,
+                                                                  const at::opmath_type<scalar_t>* __restrict__ wd,
+                                                                  at::opmath_type<scalar_t>* __restrict__ partials,
+                                                                  Layout L) {
+  using T = at::opmath_type<scalar_t>;
+  using V = Vec<scalar_t, VEC>;
+  using G = Vec<grad_t, VEC>;
+  T a[kNumerator], babs[kDenominator];
+  load_coefficients(wn, wd, blockIdx.x, a, babs);
+  T acc[kCoeffGrads];
+#pragma unroll
+  for (int k = 0; k < kCoeffGrads; ++k) acc[k] = T(0);
+  walk_ahead<true>(L, reinterpret_cast<const V*>(x), reinterpret_cast<const G*>(dy),
+                   [&](int32_t off, const V& xin, const G& gin) {
+                     V out;
+                     if (__builtin_expect(any_far(xin), 0)) {  // rare: each element picks its form
+#pragma unroll
+                       for (int k = 0; k < VEC; ++k) {
+                         out.v[k] = static_cast<scalar_t>(
+                             rational_backward<T>(static_cast<T>(xin.v[k]), static_cast<T>(gin.v[k]), a, babs, acc));
+                       }
+                     } else {  // the hot path: the direct form, no per-element test
+#pragma unroll
+                       for (int k = 0; k < VEC; ++k) {
+                         out.v[k] = static_cast<scalar_t>(rational_backward_direct<T>(
+                             static_cast<T>(xin.v[k]), static_cast<T>(gin.v[k]), a, babs, acc));
+                       }
+                     }
+                     store_vec(dx + static_cast<int64_t>(off) * VEC, out);
+                   });
+  block_reduce(acc);
+  if (threadIdx.x == 0) {
+    T* out = partials + (static_cast<int64_t>(blockIdx.y) * L.groups + blockIdx.x) * kCoeffGrads;
+#pragma unroll
+    for (int k = 0; k < kCoeffGrads; ++k) out[k] = acc[k];
+  }
+}
+
 // One block: sums the [blocks_y, groups, 10] partials in a fixed order. Warp w handles outputs w, w+8, ...
 // (lanes stride over blocks_y, then a fixed shuffle tree); then the numerator is summed over groups and the
 // denominator sums are multiplied by sign(b) (sign(0) = +1).
@@ -314,11 +490,20 @@ int multiprocessor_count(int device) {
 
 dim3 make_grid(const Layout& L, int device) {
   const int sms = multiprocessor_count(device);
-  const int64_t target_blocks = static_cast<int64_t>(sms) * (2048 / kThreads) * 2;  // ~2 waves at full occupancy
+  const int64_t target_blocks = static_cast<int64_t>(sms) * MMKAT_BLOCKS_PER_SM;
   int64_t by = std::max<int64_t>(1, target_blocks / L.groups);
   by = std::min<int64_t>(by, (L.rows + L.rpi - 1) / L.rpi);
   by = std::min<int64_t>(by, 65535);
   return dim3(static_cast<unsigned>(L.groups), static_cast<unsigned>(std::max<int64_t>(by, 1)));
+}
+
+// Whether backward_kernel_ahead's 32-bit vector offsets hold for this tensor and grid: the largest offset a
+// cursor reaches is below the end plus kStages + 1 steps, each at most (step / per_row + 2) rows of vectors.
+[[maybe_unused]] bool vector_offsets_fit(const Layout& L, dim3 grid) {
+  const int64_t row_vectors = L.channels / L.vec;
+  const int64_t step = static_cast<int64_t>(grid.y) * kThreads;
+  const int64_t reach = L.rows * row_vectors + (kStages + 1) * (step / L.per_row + 2) * row_vectors;
+  return reach < (int64_t{1} << 31);
 }
 
 template <typename scalar_t, typename Launch>
@@ -358,9 +543,18 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
     using out_t = decltype(out_tag);
     using T = at::opmath_type<scalar_t>;
     with_vec<scalar_t>(L.vec, [&](auto vec) {
-      forward_kernel<scalar_t, out_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
-          xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<out_t>(), wn.const_data_ptr<T>(),
-          wd.const_data_ptr<T>(), L);
+      constexpr int kVec = decltype(vec)::value;
+      if constexpr (kStages >= 2 && kVec > 1) {
+        if (vector_offsets_fit(L, grid)) {
+          forward_kernel_ahead<scalar_t, out_t, kVec><<<grid, kThreads, 0, stream>>>(
+              xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<out_t>(), wn.const_data_ptr<T>(),
+              wd.const_data_ptr<T>(), L);
+          return;
+        }
+      }
+      forward_kernel<scalar_t, out_t, kVec><<<grid, kThreads, 0, stream>>>(
+          xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<out_t>(), wn.const_data_ptr<T>(), wd.const_data_ptr<T>(),
+          L);
     });
   };
   if (dtype == at::kBFloat16 && narrowing) {
@@ -421,7 +615,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
       using grad_t = decltype(grad_tag);
       using T = at::opmath_type<scalar_t>;
       with_vec<scalar_t>(L.vec, [&](auto vec) {
-        backward_kernel<scalar_t, grad_t, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(
+        constexpr int kVec = decltype(vec)::value;
+        if constexpr (kStages >= 2 && kVec > 1) {
+          if (vector_offsets_fit(L, grid)) {
+            backward_kernel_ahead<scalar_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
+                dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), scratch.mutable_data_ptr<T>(), L);
+            return;
+          }
+        }
+        backward_kernel<scalar_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
             dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
             wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), scratch.mutable_data_ptr<T>(), L);
       });

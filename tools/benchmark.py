@@ -352,6 +352,17 @@ def host_costs(args, device) -> dict:
                 forward_backward(runner)
             sync(device)
             fb_times[kind].append(1e3 * (time.perf_counter() - t0) / args.steps)
+    # The optimizer step alone (the gradients of the last step in place): its cost grows with the number of
+    # parameter tensors, which the model's own forward and backward do not show.
+    opt_times = {k: [] for k in runners}
+    for _ in range(args.repeats):
+        for key, runner in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                runner.optimizer.step()
+            sync(device)
+            opt_times[key].append(1e3 * (time.perf_counter() - t0) / args.steps)
+    opt = {f'{kind} {optimizer}': statistics.median(v) for (kind, optimizer), v in opt_times.items()}
     step = {k: statistics.median(times[k, 'default']) for k in ('vit', 'kat')}
     fused_step = {k: statistics.median(times[k, 'fused']) for k in ('vit', 'kat')}
     fb = {k: statistics.median(v) for k, v in fb_times.items()}
@@ -384,13 +395,18 @@ def host_costs(args, device) -> dict:
         print(f'| {NAMES[kind]} | {step[kind]:.2f} | {fused_step[kind]:.2f} |')
     print(f"| KAT / ViT | {step['kat'] / step['vit']:.3f} | {fused_step['kat'] / fused_step['vit']:.3f} |")
     print(f"| KAT / ViT, forward + backward only (no optimizer step) | {fb['kat'] / fb['vit']:.3f} | |")
+    print(f"| KAT / ViT, optimizer step only | {opt['kat default'] / opt['vit default']:.3f} "
+          f"({opt['kat default']:.2f} / {opt['vit default']:.2f} ms) | {opt['kat fused'] / opt['vit fused']:.3f} "
+          f"({opt['kat fused']:.2f} / {opt['vit fused']:.2f} ms) |")
     print(f'\n| call (2 x 5 x 256, {device.type}) | host us (best of 3 x 2000) |\n|---|---|')
     for name, us in calls.items():
         print(f'| {name} | {us:.1f} |')
     return dict(step_ms=step, step_ms_all={k: times[k, 'default'] for k in ('vit', 'kat')},
                 kat_over_vit=step['kat'] / step['vit'], fused_adamw_step_ms=fused_step,
                 fused_adamw_kat_over_vit=fused_step['kat'] / fused_step['vit'], forward_backward_ms=fb,
-                forward_backward_kat_over_vit=fb['kat'] / fb['vit'], call_us=calls)
+                forward_backward_kat_over_vit=fb['kat'] / fb['vit'], optimizer_step_ms=opt,
+                parameter_tensors={k: sum(1 for _ in runners[k, 'default'].model.parameters()) for k in ('vit', 'kat')},
+                call_us=calls)
 
 
 # ------------------------------------------------------------------------------------------ result files

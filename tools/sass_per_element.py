@@ -5,12 +5,16 @@
 
 No GPU is needed: ``cuobjdump -sass`` (from the CUDA toolkit, or the copy in the ``triton`` wheel) disassembles
 the kernels; for each kernel the script finds the loop that holds the element math (the loop with the most
-FFMA (DFMA) instructions, the innermost one on a tie) and walks its hot path once: a forward conditional branch is
-taken when what it skips holds a CALL and no other conditional branch (the slow path of a correctly rounded
-division, which the fall-through reaches), and not taken otherwise (the huge-input form and the row-bound
-checks, which nvcc lays out behind a taken branch); unconditional branches are followed. The count on that
-path, divided by the elements one pass of the loop handles (the vector width in the kernel's name times
-``--unroll``, MMKAT_CUDA_UNROLL of the build), is the number printed. It is a static count of issued
+FFMA (DFMA) instructions, the innermost one on a tie) and walks its hot path once. A forward conditional branch
+that chooses between two alternatives (an if / else: the fall-through ends in an unconditional branch to the
+point where both join) goes to the one without a CALL (a division's slow path: the huge-input form holds them),
+and to the shorter where neither or both hold one; nvcc places the huge-input form before or after the direct
+form. Any other forward conditional branch is taken when what it skips holds a CALL and no other conditional
+branch (the slow path of a correctly rounded division), and not taken otherwise (the row-bound checks);
+unconditional branches are followed. The count on that path, divided by the elements one pass of the loop handles
+(the vector width in the kernel's name times ``--unroll``, MMKAT_CUDA_UNROLL of the build), is the number printed.
+Builds with ``MMKAT_LOAD_STAGES`` (docs/op.md) add the vectorized ``forward_ahead`` and ``backward_ahead`` kernels,
+one vector per pass (``--unroll`` does not apply to them). It is a static count of issued
 instructions (predicated-off ones included), the figure the backward's speed follows when it is bound by
 instruction issue; it says nothing about latency or memory.
 """
@@ -30,7 +34,7 @@ _INSTRUCTION = re.compile(r'/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z
 # forward_kernel<x type, out type, VEC> and backward_kernel<x type, dy type, VEC>; the second type is written
 # as a back-reference (S1_, ...) where it repeats the first.
 _TYPE = r'N3c108BFloat16E|N3c104HalfE|f|d'
-_KERNEL = re.compile(rf'(forward|backward)_kernelI({_TYPE})({_TYPE}|S\d*_)?Li(\d+)E')
+_KERNEL = re.compile(rf'((?:forward|backward)_kernel(?:_ahead)?)I({_TYPE})({_TYPE}|S\d*_)?Li(\d+)E')
 _DTYPES = {'N3c108BFloat16E': 'bf16', 'N3c104HalfE': 'fp16', 'f': 'fp32', 'd': 'fp64'}
 
 
@@ -86,6 +90,18 @@ def hot_loop(code):
     return head, end
 
 
+def _else_join(code, index, i, target):
+    """For a forward conditional branch at i whose fall-through ends in an unconditional forward branch just
+    before the target (an if / else), the index where the two alternatives join; None otherwise."""
+    if target <= i + 1:
+        return None
+    _, predicate, opcode, operands = code[target - 1]
+    if predicate or not opcode.startswith('BRA'):
+        return None
+    join = index.get(_target(operands))
+    return join if join is not None and join > target else None
+
+
 def hot_path(code, head, end):
     """The instructions issued by one pass of the loop along its hot path (see the module doc)."""
     index = {address: i for i, (address, *_) in enumerate(code)}
@@ -105,6 +121,13 @@ def hot_path(code, head, end):
                 continue
             skipped = code[i + 1:target] if target > i else []
             holds_call = any(op.startswith('CALL') for _, _, op, _ in skipped)
+            join = _else_join(code, index, i, target)
+            if join is not None:  # if / else: the branch picks between [i + 1, target) and [target, join)
+                other = code[target:join]
+                other_call = any(op.startswith('CALL') for _, _, op, _ in other)
+                take = holds_call if holds_call != other_call else len(other) < len(skipped)
+                i = target if take else i + 1
+                continue
             nested = any(op.startswith('BRA') and pred for _, pred, op, _ in skipped)
             if holds_call and not nested:
                 i = target
@@ -119,7 +142,8 @@ def analyse(kernels, unroll):
         match = _KERNEL.search(name)
         if match is None:
             continue
-        kind, dtype, vec = match.group(1), _DTYPES[match.group(2)], int(match.group(4))
+        kind = match.group(1).replace('_kernel', '')  # forward, backward, backward_ahead
+        dtype, vec = _DTYPES[match.group(2)], int(match.group(4))
         second = match.group(3)
         if second in _DTYPES and second != match.group(2):  # a mixed pair: 'fp32/bf16' (x / out or dy)
             dtype = f'{dtype}/{_DTYPES[second]}'
@@ -127,7 +151,7 @@ def analyse(kernels, unroll):
         if loop is None:
             continue
         path = hot_path(code, *loop)
-        elements = vec * unroll
+        elements = vec * (1 if kind.endswith('_ahead') else unroll)
         rows.append(dict(kernel=kind, dtype=dtype, vec=vec, elements_per_pass=elements,
                          loop_instructions=loop[1] - loop[0] + 1, hot_path_instructions=len(path),
                          per_element=round(len(path) / elements, 2),

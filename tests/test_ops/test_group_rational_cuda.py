@@ -190,3 +190,35 @@ def test_cuda_backward_reads_a_half_precision_gradient_of_a_float32_input(dy_dty
     expected = torch.ops.mmkat.group_rational_backward(dy.float(), x, wn, wd, 8)
     for g, e in zip(got, expected):
         assert g.dtype == e.dtype and torch.equal(g, e)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_cuda_half_precision_far_test_from_just_above_the_threshold(dtype):
+    """The vectorized kernels find elements beyond |x| = 65536 from their bits: each 8-element vector below holds
+    the threshold itself, values just past it and values whose x^5 overflows fp32 (in float16: +-inf), beside
+    ordinary ones. Forward and backward match the float64 reference at the finite elements; a missed far element
+    would come out as inf or NaN."""
+    if dtype == torch.bfloat16:  # 65536 is the threshold (direct form); 65792 is the next bfloat16 (far form)
+        row = [65536.0, -65536.0, 65792.0, -65792.0, 1e8, -3e9, 0.5, -2.0]
+    else:  # float16 has nothing finite beyond 65504: only +-inf take the far form
+        row = [float('inf'), -float('inf'), 1000.0, -1000.0, 0.5, -2.0, 3.0, -0.25]
+    gen = torch.Generator().manual_seed(22)
+    x = (torch.randn(9, 5, 64, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    x[::2, :, 8:16] = torch.tensor(row, dtype=torch.float64).to(dtype)  # one whole vector of group 1
+    x[1, 3, 40:48] = torch.tensor(row[::-1], dtype=torch.float64).to(dtype)
+    x[4, 1, 60] = -65792.0 if dtype == torch.bfloat16 else -float('inf')  # one far element in an ordinary vector
+    wn = torch.randn(1, 6, generator=gen, dtype=torch.float64) * 0.5
+    wd = torch.randn(8, 4, generator=gen, dtype=torch.float64) * 0.5
+    wd[:, 3] = wd[:, 3].abs() + 0.2  # F(x) ~ (a5 / |b3|) x stays finite for every x here
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+    leaves = [t.cuda().requires_grad_() for t in (x, wn.float(), wd.float())]
+    y = group_rational(*leaves, 8, impl='compiled')
+    (gx, ) = torch.autograd.grad(y, leaves[0], dy.cuda())
+    xr = x.double().requires_grad_()
+    yr = group_rational(xr, wn, wd, 8, impl='reference')
+    (gr_, ) = torch.autograd.grad(yr, xr, dy.double())
+    finite = torch.isfinite(x.double())
+    assert torch.isfinite(y.double().cpu()[finite]).all() and torch.isfinite(gx.double().cpu()[finite]).all()
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(y.double().cpu()[finite], yr.detach()[finite].to(dtype).double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(gx.double().cpu()[finite], gr_[finite].to(dtype).double(), rtol=rtol, atol=atol)

@@ -44,6 +44,57 @@ def test_the_walk_skips_a_slow_call_and_the_huge_input_form_and_stops_at_the_bac
     assert tool.hot_path(code, head, end) == ['FFMA', 'BRA', 'FFMA', 'BRA', 'BRA', 'FADD', 'BRA']
 
 
+DIRECT_FIRST = [  # if / else with the direct form as the fall-through and the huge-input form behind the branch
+    ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x00 loop head
+    ('@P0', 'BRA', '0x50'),                  # 0x10 the huge-input test
+    ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x20 the direct form
+    ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x30
+    ('', 'BRA', '0x90'),                     # 0x40 the direct form's end: joins after the huge-input form
+    ('@P1', 'BRA', '0x70'),                  # 0x50 the huge-input form: a per-element choice
+    ('', 'CALL.REL.NOINC', '0x200'),         # 0x60 a division's slow call
+    ('', 'MUFU.RCP', 'R4, R1'),              # 0x70
+    ('', 'FMUL', 'R1, R1, R4'),              # 0x80
+    ('', 'FADD', 'R5, R5, R1'),              # 0x90 the join
+    ('@P2', 'BRA', '0x0'),                   # 0xa0 back edge
+]
+FAR_FIRST = [  # the same if / else laid out the other way round: the huge-input form falls through
+    ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x00 loop head
+    ('@!P0', 'BRA', '0x70'),                 # 0x10 not huge: jump to the direct form
+    ('@P1', 'BRA', '0x40'),                  # 0x20 the huge-input form: a per-element choice
+    ('', 'CALL.REL.NOINC', '0x200'),         # 0x30 a division's slow call
+    ('', 'MUFU.RCP', 'R4, R1'),              # 0x40
+    ('', 'FMUL', 'R1, R1, R4'),              # 0x50
+    ('', 'BRA', '0x90'),                     # 0x60 the huge-input form's end: joins after the direct form
+    ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x70 the direct form
+    ('', 'FFMA', 'R1, R2, R3, R1'),          # 0x80
+    ('', 'FADD', 'R5, R5, R1'),              # 0x90 the join
+    ('@P2', 'BRA', '0x0'),                   # 0xa0 back edge
+]
+
+
+@pytest.mark.parametrize('layout,expected', [
+    (DIRECT_FIRST, ['FFMA', 'BRA', 'FFMA', 'FFMA', 'BRA', 'FADD', 'BRA']),
+    (FAR_FIRST, ['FFMA', 'BRA', 'FFMA', 'FFMA', 'FADD', 'BRA']),
+])
+def test_the_walk_takes_the_direct_form_of_an_if_else_in_either_layout(layout, expected):
+    """nvcc places the huge-input form before or after the direct form; the walk takes the alternative without the
+    slow call either way (and, where neither or both hold one, the shorter)."""
+    tool = load_tool()
+    code = listing(layout)
+    head, end = tool.hot_loop(code)
+    assert (head, end) == (0, 10)
+    assert tool.hot_path(code, head, end) == expected
+
+
+def test_the_walk_takes_the_shorter_alternative_when_neither_holds_a_call():
+    tool = load_tool()
+    long_first = [(p, op, ops) for p, op, ops in FAR_FIRST if not op.startswith('CALL')]  # 0x30 CALL dropped
+    code = listing([(p, op, ops.replace('0x40', '0x30').replace('0x70', '0x60').replace('0x90', '0x80'))
+                    if op == 'BRA' else (p, op, ops) for p, op, ops in long_first])
+    head, end = tool.hot_loop(code)
+    assert tool.hot_path(code, head, end) == ['FFMA', 'BRA', 'FFMA', 'FFMA', 'FADD', 'BRA']
+
+
 @pytest.mark.skipif(not extension_info()['with_cuda'], reason='mmkat._C was built without CUDA kernels')
 def test_the_tool_reads_every_kernel_of_the_built_library(tmp_path):
     tool = load_tool()
@@ -58,6 +109,7 @@ def test_the_tool_reads_every_kernel_of_the_built_library(tmp_path):
     found = {(r['kernel'], r['dtype'], r['vec']) for r in rows}
     for kernel in ('forward', 'backward'):
         assert {(kernel, 'bf16', 8), (kernel, 'fp16', 8), (kernel, 'fp32', 4), (kernel, 'bf16', 1)} <= found
+    assert {kernel for kernel, _, _ in found} <= {'forward', 'backward', 'forward_ahead', 'backward_ahead'}
     for r in rows:  # the element math is on the walked path: at least one FMA per element, fewer than the loop
         assert 1 <= r['opcodes'].get('FFMA', r['opcodes'].get('DFMA', 0)) / r['elements_per_pass']
         assert 0 < r['hot_path_instructions'] <= r['loop_instructions']
