@@ -12,6 +12,9 @@ GPU is needed. Knobs:
     TORCH_CUDA_ARCH_LIST    architectures, e.g. "9.0" or "8.0;9.0+PTX"; without it, the visible GPUs', or
                             DEFAULT_ARCHS when no GPU is visible
     MAX_JOBS                parallel compile jobs (ninja)
+    MMKAT_CUDA_UNROLL, MMKAT_VEC_BYTES, MMKAT_MIN_BLOCKS, MMKAT_THREADS, MMKAT_BLOCKS_PER_SM, MMKAT_LOAD_STAGES
+                            integer build options of the CUDA kernels for experiments (docs/op.md, "Speed");
+                            unset: the defaults. The library names the ones set (extension_info()['cuda_build']).
 """
 import glob
 import os
@@ -142,6 +145,24 @@ if CUDA_HOME is not None:
     os.environ['CUDA_HOME'] = CUDA_HOME
 
 
+KERNEL_KNOBS = ('MMKAT_CUDA_UNROLL', 'MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS', 'MMKAT_BLOCKS_PER_SM',
+                'MMKAT_LOAD_STAGES')
+
+
+def _kernel_knobs(environ=None):
+    """The CUDA kernels' build options set in the environment, as ['NAME=VALUE', ...] in KERNEL_KNOBS order."""
+    environ = os.environ if environ is None else environ
+    found = []
+    for knob in KERNEL_KNOBS:
+        value = environ.get(knob, '').strip()
+        if not value:
+            continue
+        if not re.fullmatch(r'[0-9]+', value):
+            raise SystemExit(f'mmkat setup: {knob} must be a non-negative integer, got {value!r}')
+        found.append(f'{knob}={int(value)}')
+    return found
+
+
 def get_extensions():
     cuda_home = CUDA_HOME
     import torch
@@ -161,12 +182,12 @@ def get_extensions():
     print(f'mmkat setup: building CPU + CUDA kernels with CUDA_HOME={cuda_home}, archs: {archs}', file=sys.stderr)
     cxx += ['-DMMKAT_WITH_CUDA', f'-DMMKAT_CUDA_ARCHS="{archs}"']
     nvcc = ['-O3', '--expt-relaxed-constexpr', '-lineinfo']
-    # Tuning knobs for kernel experiments (tools/benchmark_op.py compares builds); defaults are the tuned ones.
-    if os.environ.get('MMKAT_CUDA_UNROLL'):
-        nvcc.append(f"-DMMKAT_CUDA_UNROLL={int(os.environ['MMKAT_CUDA_UNROLL'])}")
-    for knob in ('MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS', 'MMKAT_BLOCKS_PER_SM', 'MMKAT_LOAD_STAGES'):
-        if os.environ.get(knob):
-            nvcc.append(f'-D{knob}={int(os.environ[knob])}')
+    # Build options for kernel experiments (tools/benchmark_op.py compares builds); unset, the tuned defaults.
+    knobs = _kernel_knobs()
+    nvcc += [f'-D{knob}' for knob in knobs]
+    cxx.append(f'-DMMKAT_CUDA_BUILD="{",".join(knobs)}"')
+    if knobs:
+        print(f'mmkat setup: CUDA kernel build options {" ".join(knobs)}', file=sys.stderr)
     if os.environ.get('MMKAT_PTXAS_VERBOSE') == '1':
         nvcc.append('-Xptxas=-v')
     return [

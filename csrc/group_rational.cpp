@@ -21,6 +21,9 @@
 #ifndef MMKAT_CUDA_ARCHS
 #define MMKAT_CUDA_ARCHS ""
 #endif
+#ifndef MMKAT_CUDA_BUILD
+#define MMKAT_CUDA_BUILD ""  // the CUDA kernels' build options that were set, "NAME=VALUE,..." (none: "")
+#endif
 #ifdef MMKAT_WITH_CUDA
 constexpr long kWithCuda = 1;
 #else
@@ -133,6 +136,7 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (module == nullptr) return nullptr;
   if (PyModule_AddIntConstant(module, "with_cuda", kWithCuda) < 0 ||
       PyModule_AddStringConstant(module, "cuda_archs", MMKAT_CUDA_ARCHS) < 0 ||
+      PyModule_AddStringConstant(module, "cuda_build", MMKAT_CUDA_BUILD) < 0 ||
       PyModule_AddStringConstant(module, "built_with_torch", MMKAT_TORCH_VERSION) < 0) {
     Py_DECREF(module);
     return nullptr;

@@ -128,3 +128,12 @@ def test_link_drivers_follow_the_environment(setup_module, monkeypatch):
     monkeypatch.setenv('LDSHARED', '/opt/gcc/bin/gcc -shared')
     monkeypatch.setenv('CC', 'cc')
     assert setup_module._link_drivers() == ['/opt/gcc/bin/g++', '/opt/gcc/bin/gcc', 'cc']
+
+
+def test_kernel_build_options_are_read_checked_and_named(setup_module):
+    assert setup_module._kernel_knobs({}) == []
+    env = {'MMKAT_LOAD_STAGES': '3', 'MMKAT_BLOCKS_PER_SM': ' 4 ', 'MMKAT_THREADS': '', 'OTHER': '1'}
+    assert setup_module._kernel_knobs(env) == ['MMKAT_BLOCKS_PER_SM=4', 'MMKAT_LOAD_STAGES=3']
+    for bad in ('-1', '2.5', 'three'):
+        with pytest.raises(SystemExit, match=f"MMKAT_LOAD_STAGES must be a non-negative integer, got '{bad}'"):
+            setup_module._kernel_knobs({'MMKAT_LOAD_STAGES': bad})

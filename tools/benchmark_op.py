@@ -221,8 +221,9 @@ def main():
     bandwidth = copy_bandwidth(device, 20)
     num, den = get_preset('swish')
     rows = []
+    kernels = '' if device.type != 'cuda' else f", CUDA kernels: {info['cuda_build'] or 'default build'}"
     print(f'device: {device_name(device)}, '
-          f'torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s')
+          f'torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s{kernels}')
     header = (f'{"shape":>14} {"dtype":>5} {"impl":>8} | {"fwd ms":>8} {"bwd ms":>8} {"f+b ms":>8} | '
               f'{"floor ms":>8} {"f+b GB/s":>9} {"x floor":>7}')
     print(header)

@@ -69,6 +69,7 @@ def extension_info() -> dict:
         error=_EXT_ERROR,
         with_cuda=bool(getattr(_EXT, 'with_cuda', False)),
         cuda_archs=getattr(_EXT, 'cuda_archs', ''),
+        cuda_build=getattr(_EXT, 'cuda_build', ''),  # build options of the CUDA kernels ('': the defaults)
         built_with_torch=getattr(_EXT, 'built_with_torch', None),
         path=getattr(_EXT, '__file__', None),
     )
