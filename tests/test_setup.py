@@ -1,7 +1,9 @@
-"""setup.py's build decisions: finding the CUDA toolkit behind a wrapper, MMKAT_WITH_CUDA."""
+"""setup.py's build decisions: finding the CUDA toolkit behind a wrapper, MMKAT_WITH_CUDA, the C++ runtime, the
+kernels' build options (and that the MMKAT_LOAD_STAGES kernels compile)."""
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 import types
 
@@ -137,3 +139,36 @@ def test_kernel_build_options_are_read_checked_and_named(setup_module):
     for bad in ('-1', '2.5', 'three'):
         with pytest.raises(SystemExit, match=f"MMKAT_LOAD_STAGES must be a non-negative integer, got '{bad}'"):
             setup_module._kernel_knobs({'MMKAT_LOAD_STAGES': bad})
+
+
+def test_load_ahead_kernels_compile(setup_module, tmp_path):
+    """The "ahead" kernels of MMKAT_LOAD_STAGES (a build option, not in the default build) still compile for sm_90
+    and hold a forward and a backward kernel for each vectorized dtype (read from the object's machine code)."""
+    import sysconfig
+
+    from torch.utils import cpp_extension
+    cuda_home = setup_module.CUDA_HOME
+    nvcc = os.path.join(cuda_home or '', 'bin', 'nvcc')
+    if not cuda_home or not os.access(nvcc, os.X_OK):
+        pytest.skip('no CUDA toolkit')
+    tool_path = os.path.join(ROOT, 'tools', 'sass_per_element.py')
+    spec = importlib.util.spec_from_file_location('sass_per_element', tool_path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    try:
+        tool.find_cuobjdump()
+    except SystemExit:
+        pytest.skip('no cuobjdump (CUDA toolkit or triton) on this machine')
+    includes = cpp_extension.include_paths() + [os.path.join(cuda_home, 'include'), sysconfig.get_paths()['include']]
+    obj = str(tmp_path / 'ahead.o')
+    source = os.path.join(ROOT, 'csrc', 'group_rational_cuda.cu')
+    cmd = [nvcc, '-c', source, '-o', obj, *cpp_extension.COMMON_NVCC_FLAGS, '-O3', '-std=c++20',
+           '-gencode=arch=compute_90,code=sm_90', '-DTORCH_API_INCLUDE_EXTENSION_H', '-DTORCH_EXTENSION_NAME=_C',
+           '-DMMKAT_LOAD_STAGES=3', '--compiler-options', '-fPIC']
+    cmd += [f'-I{path}' for path in includes]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = {(r['kernel'], r['dtype'], r['vec']) for r in tool.analyse(tool.disassemble(obj, '90'), 1)}
+    for kernel in ('forward_ahead', 'backward_ahead'):
+        assert {(kernel, 'bf16', 8), (kernel, 'fp16', 8), (kernel, 'fp32', 4), (kernel, 'fp64', 2)} <= found
+    assert ('backward', 'bf16', 1) in found  # the scalar path keeps the plain kernel
