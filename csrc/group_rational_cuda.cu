@@ -220,6 +220,18 @@ __device__ __forceinline__ void block_reduce(T* vals) {
   }
 }
 
+// The block's sums of the 10 coefficient gradients (block_reduce), written by thread 0 as the block's partial
+// [blockIdx.y, blockIdx.x (the group), 10] for reduce_kernel.
+template <typename T>
+__device__ __forceinline__ void store_block_partials(T* acc, T* __restrict__ partials, int64_t groups) {
+  block_reduce(acc);
+  if (threadIdx.x == 0) {
+    T* out = partials + (static_cast<int64_t>(blockIdx.y) * groups + blockIdx.x) * kCoeffGrads;
+#pragma unroll
+    for (int k = 0; k < kCoeffGrads; ++k) out[k] = acc[k];
+  }
+}
+
 // grad_t: dy's type (scalar_t, or bfloat16 / float16 for a float32 x: the gradient of a half-precision matmul
 // read as it is, without a converted copy).
 template <typename scalar_t, typename grad_t, int VEC>
@@ -285,12 +297,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const gr
       }
     }
   }
-  block_reduce(acc);
-  if (threadIdx.x == 0) {
-    T* out = partials + (static_cast<int64_t>(blockIdx.y) * L.groups + g) * kCoeffGrads;
-#pragma unroll
-    for (int k = 0; k < kCoeffGrads; ++k) out[k] = acc[k];
-  }
+  store_block_partials(acc, partials, L.groups);
 }
 
 // The vectorized kernels with their loads issued ahead ("ahead" kernels). A block's threads walk the group's
@@ -422,12 +429,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel_ahead(co
                      }
                      store_vec(dx + static_cast<int64_t>(off) * VEC, out);
                    });
-  block_reduce(acc);
-  if (threadIdx.x == 0) {
-    T* out = partials + (static_cast<int64_t>(blockIdx.y) * L.groups + blockIdx.x) * kCoeffGrads;
-#pragma unroll
-    for (int k = 0; k < kCoeffGrads; ++k) out[k] = acc[k];
-  }
+  store_block_partials(acc, partials, L.groups);
 }
 
 // One block: sums the [blocks_y, groups, 10] partials in a fixed order. Warp w handles outputs w, w+8, ...

@@ -141,6 +141,21 @@ def test_kernel_build_options_are_read_checked_and_named(setup_module):
             setup_module._kernel_knobs({'MMKAT_LOAD_STAGES': bad})
 
 
+def test_extension_names_its_cuda_build_options(setup_module):
+    """extension_info()['cuda_build']: '' for the default kernels, else the build options that were set."""
+    from mmkat.ops import extension_info
+    info = extension_info()
+    if not info['loaded']:
+        pytest.skip('mmkat._C is not built')
+    build = info['cuda_build']
+    assert isinstance(build, str)
+    for entry in filter(None, build.split(',')):
+        name, _, value = entry.partition('=')
+        assert name in setup_module.KERNEL_KNOBS and value.isdigit(), build
+    if not info['with_cuda']:
+        assert build == ''
+
+
 def test_load_ahead_kernels_compile(setup_module, tmp_path):
     """The "ahead" kernels of MMKAT_LOAD_STAGES (a build option, not in the default build) still compile for sm_90
     and hold a forward and a backward kernel for each vectorized dtype (read from the object's machine code)."""

@@ -364,21 +364,6 @@ def test_op_level_messages_with_numbers_raise(call, message):
 
 
 @requires_ext
-def test_extension_names_its_cuda_build_options():
-    """extension_info()['cuda_build']: '' for the default kernels, else the build options that were set."""
-    info = extension_info()
-    build = info['cuda_build']
-    assert isinstance(build, str)
-    knobs = ('MMKAT_CUDA_UNROLL', 'MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS', 'MMKAT_BLOCKS_PER_SM',
-             'MMKAT_LOAD_STAGES')
-    for entry in filter(None, build.split(',')):
-        name, _, value = entry.partition('=')
-        assert name in knobs and value.isdigit(), build
-    if not info['with_cuda']:
-        assert build == ''
-
-
-@requires_ext
 @pytest.mark.skipif(not sys.platform.startswith('linux') or shutil.which('readelf') is None,
                     reason='needs Linux and binutils (readelf)')
 def test_extension_uses_the_shared_cpp_runtime():
