@@ -4,7 +4,8 @@
 // torch.library.opcheck handle them. Where each piece is registered:
 //   * the schemas and the CPU kernels: here (the kernels live in group_rational_cpu.cpp);
 //   * the CUDA kernels: group_rational_cuda.cu (compiled only when a CUDA toolkit was found);
-//   * the autograd kernels of group_rational_forward and group_rational_linear: group_rational_autograd.cpp;
+//   * the autograd kernels of group_rational_forward, group_rational_bias_forward and group_rational_linear:
+//     group_rational_autograd.cpp;
 //   * group_rational_linear below autograd (no gradient wanted, meta and fake tensors): here, composed of
 //     group_rational_forward_to and aten::linear;
 //   * the fake (meta) kernels used by torch.compile: mmkat/ops/rational.py.
@@ -62,6 +63,38 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const
               grad_output.device());
 }
 
+void check_bias(const at::Tensor& bias, const at::Tensor& x, const char* op) {
+  TORCH_CHECK(bias.is_floating_point(), op, ": bias must be a floating-point tensor, got ", bias.scalar_type());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == x.size(-1), op, ": bias must have shape [C=", x.size(-1),
+              "] (the last dimension of x), got ", bias.sizes());
+  TORCH_CHECK(bias.device() == x.device(), op, ": bias must be on ", x.device(), ", got ", bias.device());
+}
+
+at::Tensor group_rational_bias_forward_cpu(const at::Tensor& x, const at::Tensor& bias,
+                                           const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
+                                           int64_t groups) {
+  constexpr const char* op = "mmkat::group_rational_bias_forward";
+  check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
+  check_bias(bias, x, op);
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return group_rational_forward_to_cpu(x.to(math) + bias.to(math), weight_numerator, weight_denominator, groups,
+                                       x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups) {
+  constexpr const char* op = "mmkat::group_rational_bias_backward";
+  check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
+  check_grad_output(grad_output, x, op);
+  check_bias(bias, x, op);
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto [dz, d_num, d_den] = group_rational_backward_cpu(grad_output, x.to(math) + bias.to(math), weight_numerator,
+                                                        weight_denominator, groups);
+  at::Tensor d_bias = dz.reshape({-1, x.size(-1)}).sum(0);
+  return {dz.to(x.scalar_type()), d_bias.to(bias.scalar_type()), d_num, d_den};
+}
+
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
   at::Tensor y = group_rational_forward_cpu(x, weight_numerator, weight_denominator, groups);
@@ -104,6 +137,16 @@ TORCH_LIBRARY(mmkat, m) {
       "group_rational_backward(Tensor grad_output, Tensor x, Tensor weight_numerator, "
       "Tensor weight_denominator, int groups) -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+  // F(x + bias), bias [C] (a KAN block's fc1 bias taken into act2): its backward returns (dx, d_bias, d_num,
+  // d_den), the bias gradient (per-channel sums of dx) from the same pass over x and dy.
+  m.def(
+      "group_rational_bias_forward(Tensor x, Tensor bias, Tensor weight_numerator, Tensor weight_denominator, "
+      "int groups) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "group_rational_bias_backward(Tensor grad_output, Tensor x, Tensor bias, Tensor weight_numerator, "
+      "Tensor weight_denominator, int groups) -> (Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
   m.def(
       "group_rational_forward_to(Tensor x, Tensor weight_numerator, Tensor weight_denominator, int groups, "
       "ScalarType dtype) -> Tensor",
@@ -124,6 +167,8 @@ TORCH_LIBRARY_IMPL(mmkat, CPU, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_cpu);
   m.impl("group_rational_forward_to", &mmkat::group_rational_forward_to_cpu);
   m.impl("group_rational_backward", &mmkat::group_rational_backward_cpu);
+  m.impl("group_rational_bias_forward", &mmkat::group_rational_bias_forward_cpu);
+  m.impl("group_rational_bias_backward", &mmkat::group_rational_bias_backward_cpu);
 }
 
 // A plain extension module: importing mmkat._C loads this library, which runs the registrations above.

@@ -12,6 +12,8 @@ void check_group_rational_inputs(const at::Tensor& x, const at::Tensor& weight_n
                                  const at::Tensor& weight_denominator, int64_t groups, const char* op);
 // The backward's extra checks: grad_output matches x in shape and device.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& x, const char* op);
+// The bias ops' check: bias is a floating-point [C] tensor on x's device.
+void check_bias(const at::Tensor& bias, const at::Tensor& x, const char* op);
 
 at::Tensor group_rational_forward_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                       const at::Tensor& weight_denominator, int64_t groups);
@@ -26,5 +28,14 @@ at::Tensor group_rational_forward_to(const at::Tensor& x, const at::Tensor& weig
 // forward followed by .to(dtype) whenever dtype is not wider than x's type).
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype);
+
+// F(x + bias) and its backward (dx, d_bias, d_num, d_den) on the CPU: x + bias formed in the math type, then the
+// kernels above (the CUDA kernels add the bias in registers).
+at::Tensor group_rational_bias_forward_cpu(const at::Tensor& x, const at::Tensor& bias,
+                                           const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
+                                           int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups);
 
 }  // namespace mmkat

@@ -1,4 +1,5 @@
-// mmkat: the autograd kernels of mmkat::group_rational_forward and mmkat::group_rational_linear, in C++.
+// mmkat: the autograd kernels of mmkat::group_rational_forward, mmkat::group_rational_bias_forward and
+// mmkat::group_rational_linear, in C++.
 //
 // Registered at the Autograd dispatch key, so that a differentiable call costs one trip through the
 // dispatcher, as a native activation does: no Python frame on the way in (forward) or out (backward).
@@ -67,6 +68,66 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
             ctx->needs_input_grad(2) ? d_den : at::Tensor(), at::Tensor()};
   }
 };
+
+using BiasForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+using BiasBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+
+const c10::TypedOperatorHandle<BiasForwardSig>& bias_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmkat::group_rational_bias_forward", "")
+                             .typed<BiasForwardSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BiasBackwardSig>& bias_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmkat::group_rational_bias_backward", "")
+                             .typed<BiasBackwardSig>();
+  return op;
+}
+
+// F(x + bias): one node holds x, the bias and the coefficients; its backward returns all four gradients from
+// one pass (mmkat::group_rational_bias_backward).
+class GroupRationalBiasFunction : public torch::autograd::Function<GroupRationalBiasFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
+                            const at::Tensor& weight_numerator, const at::Tensor& weight_denominator, int64_t groups) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = bias_forward_op().call(x, bias, weight_numerator, weight_denominator, groups);
+    ctx->save_for_backward({x, bias, weight_numerator, weight_denominator});
+    ctx->saved_data["groups"] = groups;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    at::Tensor dy = grad_outputs[0];
+    if (!dy.defined()) dy = at::zeros_like(saved[0]);
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "mmkat::group_rational_bias_forward has no double backward: its gradient cannot be differentiated "
+                "again (create_graph=True). Use impl='reference' for higher-order gradients.");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [dx, d_bias, d_num, d_den] = bias_backward_op().call(dy, saved[0], saved[1], saved[2], saved[3], groups);
+    return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_bias : at::Tensor(),
+            ctx->needs_input_grad(2) ? d_num : at::Tensor(), ctx->needs_input_grad(3) ? d_den : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+at::Tensor group_rational_bias_forward_autograd(const at::Tensor& x, const at::Tensor& bias,
+                                                const at::Tensor& weight_numerator,
+                                                const at::Tensor& weight_denominator, int64_t groups) {
+  const bool record = at::GradMode::is_enabled() && (x.requires_grad() || bias.requires_grad() ||
+                                                     weight_numerator.requires_grad() ||
+                                                     weight_denominator.requires_grad());
+  if (!record) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return bias_forward_op().call(x, bias, weight_numerator, weight_denominator, groups);
+  }
+  return GroupRationalBiasFunction::apply(x, bias, weight_numerator, weight_denominator, groups);
+}
 
 using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
                              const std::optional<at::Tensor>&, at::ScalarType);
@@ -166,4 +227,5 @@ at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor
 TORCH_LIBRARY_IMPL(mmkat, Autograd, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_autograd);
   m.impl("group_rational_linear", &mmkat::group_rational_linear_autograd);
+  m.impl("group_rational_bias_forward", &mmkat::group_rational_bias_forward_autograd);
 }

@@ -56,6 +56,7 @@ constexpr int kThreads = MMKAT_THREADS;
 constexpr int kUnroll = MMKAT_CUDA_UNROLL;     // row segments in flight per thread and iteration
 constexpr int kVecBytes = MMKAT_VEC_BYTES;     // bytes per vector access (16 or 8)
 constexpr int kMinBlocks = MMKAT_MIN_BLOCKS;   // __launch_bounds__ minimum resident blocks per SM
+constexpr int kMinBlocksBias = 3;  // the bias backward: its per-channel sums need more registers (<= 80)
 constexpr int kStages = MMKAT_LOAD_STAGES;     // vectorized kernels: 0 plain, else loads in flight per thread
 static_assert(kStages == 0 || (kStages >= 2 && kStages <= 8), "MMKAT_LOAD_STAGES must be 0 or 2..8");
 
@@ -143,11 +144,30 @@ __device__ __forceinline__ void load_coefficients(const T* __restrict__ wn, cons
   for (int j = 0; j < kDenominator; ++j) babs[j] = fabs(wd[g * kDenominator + j]);
 }
 
+// VEC consecutive values of a math-type array (the bias), in 16-byte loads where VEC fills them.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_math_vec(const T* __restrict__ p, T* out) {
+  constexpr int kPer = 16 / sizeof(T);
+  if constexpr (VEC % kPer == 0) {
+#pragma unroll
+    for (int i = 0; i < VEC / kPer; ++i) {
+      const Vec<T, kPer> v = load_vec<Vec<T, kPer>>(p + i * kPer);
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) out[i * kPer + k] = v.v[k];
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = __ldg(p + k);
+  }
+}
+
 // out_t: the result's type (scalar_t, or a narrower type for group_rational_forward_to: one rounding).
-template <typename scalar_t, typename out_t, int VEC>
+// kBias: F(x + bias) with bias [C] in the math type (group_rational_bias_forward), the sum taken in the math type.
+template <typename scalar_t, typename out_t, int VEC, bool kBias = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const scalar_t* __restrict__ x, out_t* __restrict__ y,
                                                            const at::opmath_type<scalar_t>* __restrict__ wn,
                                                            const at::opmath_type<scalar_t>* __restrict__ wd,
+                                                           const at::opmath_type<scalar_t>* __restrict__ bias,
                                                            Layout L) {
   using T = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
@@ -173,10 +193,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) forward_kernel(const sca
         if (ru < L.rows) {
           VO out;
           T xv[VEC];
+          if constexpr (kBias) load_math_vec<T, VEC>(bias + g * L.d + cv * VEC, xv);
           T amax = T(0);
 #pragma unroll
           for (int k = 0; k < VEC; ++k) {
-            xv[k] = static_cast<T>(in[u].v[k]);
+            if constexpr (kBias) {
+              xv[k] += static_cast<T>(in[u].v[k]);
+            } else {
+              xv[k] = static_cast<T>(in[u].v[k]);
+            }
             amax = fmax(amax, magnitude(xv[k]));  // NaN is passed over: it takes the direct form anyway
           }
           if (amax > T(kFarThreshold)) {  // rare: a huge or infinite element; each element picks its form
@@ -234,13 +259,19 @@ __device__ __forceinline__ void store_block_partials(T* acc, T* __restrict__ par
 
 // grad_t: dy's type (scalar_t, or bfloat16 / float16 for a float32 x: the gradient of a half-precision matmul
 // read as it is, without a converted copy).
-template <typename scalar_t, typename grad_t, int VEC>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const grad_t* __restrict__ dy,
+// kBias: the backward of F(x + bias) (group_rational_bias_backward). Each thread also sums its dx values per
+// channel (in the math type, before rounding), which needs one row segment per thread (per_row <= kThreads: the
+// caller checks); the block adds its rows' sums in a fixed order and writes them to bias_partials
+// [blocks_y, C], which bias_reduce_kernel sums.
+template <typename scalar_t, typename grad_t, int VEC, bool kBias = false>
+__global__ void __launch_bounds__(kThreads, kBias ? kMinBlocksBias : kMinBlocks) backward_kernel(const grad_t* __restrict__ dy,
                                                             const scalar_t* __restrict__ x,
                                                             scalar_t* __restrict__ dx,
                                                             const at::opmath_type<scalar_t>* __restrict__ wn,
                                                             const at::opmath_type<scalar_t>* __restrict__ wd,
                                                             at::opmath_type<scalar_t>* __restrict__ partials,
+                                                            const at::opmath_type<scalar_t>* __restrict__ bias,
+                                                            at::opmath_type<scalar_t>* __restrict__ bias_partials,
                                                             Layout L) {
   using T = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
@@ -250,6 +281,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const gr
   T acc[kCoeffGrads];
 #pragma unroll
   for (int k = 0; k < kCoeffGrads; ++k) acc[k] = T(0);
+  // kBias: each thread's per-channel sums of dx live in its own shared-memory slot (registers would spill), laid
+  // out [rpi][d] over the block since thread = r0 * tpr + lane and d = tpr * VEC.
+  __shared__ Vec<T, kBias ? VEC : 1> colsum[kBias ? kThreads : 1];
+  if constexpr (kBias) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) colsum[threadIdx.x].v[k] = T(0);
+  }
   const int lane = threadIdx.x % L.tpr;
   const int64_t r0 = threadIdx.x / L.tpr;
   if (r0 < L.rpi) {
@@ -272,29 +310,47 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel(const gr
           const int64_t ru = r + u * row_step;
           if (ru < L.rows) {
             V out;
-            T xv[VEC], gv[VEC];
+            T xv[VEC], gv[VEC], dv[VEC], bv[kBias ? VEC : 1];
+            if constexpr (kBias) load_math_vec<T, VEC>(bias + g * L.d + cv * VEC, bv);  // (L1-cached)
             T amax = T(0);
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
               xv[k] = static_cast<T>(xin[u].v[k]);
+              if constexpr (kBias) xv[k] += bv[k];
               gv[k] = static_cast<T>(gin[u].v[k]);
               amax = fmax(amax, magnitude(xv[k]));  // NaN is passed over: it takes the direct form anyway
             }
             if (amax > T(kFarThreshold)) {  // rare: a huge or infinite element; each element picks its form
 #pragma unroll
               for (int k = 0; k < VEC; ++k) {
-                out.v[k] = static_cast<scalar_t>(rational_backward<T>(xv[k], gv[k], a, babs, acc));
+                dv[k] = rational_backward<T>(xv[k], gv[k], a, babs, acc);
               }
             } else {  // the hot path: the direct form, no per-element test
 #pragma unroll
-              for (int k = 0; k < VEC; ++k) {
-                out.v[k] = static_cast<scalar_t>(rational_backward_direct<T>(xv[k], gv[k], a, babs, acc));
-              }
+              for (int k = 0; k < VEC; ++k) dv[k] = rational_backward_direct<T>(xv[k], gv[k], a, babs, acc);
             }
+            if constexpr (kBias) {
+              Vec<T, VEC> sums = colsum[threadIdx.x];
+#pragma unroll
+              for (int k = 0; k < VEC; ++k) sums.v[k] += dv[k];
+              colsum[threadIdx.x] = sums;
+            }
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) out.v[k] = static_cast<scalar_t>(dv[k]);
             store_vec(dx + ru * L.channels + g * L.d + cv * VEC, out);
           }
         }
       }
+    }
+  }
+  if constexpr (kBias) {
+    // The block's per-channel sums, added over its rpi rows in a fixed order.
+    __syncthreads();
+    const T* rows_sums = reinterpret_cast<const T*>(colsum);
+    for (int64_t c = threadIdx.x; c < L.d; c += kThreads) {
+      T s = rows_sums[c];
+      for (int i = 1; i < L.rpi; ++i) s += rows_sums[i * L.d + c];
+      bias_partials[static_cast<int64_t>(blockIdx.y) * L.channels + g * L.d + c] = s;
     }
   }
   store_block_partials(acc, partials, L.groups);
@@ -432,24 +488,49 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel_ahead(co
   store_block_partials(acc, partials, L.groups);
 }
 
-// One block: sums the [blocks_y, groups, 10] partials in a fixed order. Warp w handles outputs w, w+8, ...
-// (lanes stride over blocks_y, then a fixed shuffle tree); then the numerator is summed over groups and the
-// denominator sums are multiplied by sign(b) (sign(0) = +1).
+// The coefficient gradients from the per-block partials [blocks_y, groups, 10], one block of kThreads threads.
+// Each pass covers up to kThreads outputs (group x coefficient); the threads of a pass split the partials' rows
+// into `slices` interleaved sets, each thread summing its set with kChains independent running sums (their loads
+// are in flight together), then one thread per output adds the slices' sums; then the numerator is summed over
+// groups and the denominator sums are multiplied by sign(b) (sign(0) = +1). Every order is fixed by the shape and
+// grid, so the result is bitwise reproducible.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ partials, int64_t blocks_y,
                                                           int64_t groups, const T* __restrict__ wd,
                                                           T* __restrict__ per_group,  // [groups, 10] scratch
                                                           T* __restrict__ d_num, T* __restrict__ d_den) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  constexpr int kChains = 8;
+  __shared__ T slice_sums[kThreads];
   const int64_t outputs = groups * kCoeffGrads;
-  for (int64_t o = warp; o < outputs; o += kThreads / 32) {
-    T s = T(0);
-    for (int64_t b = lane; b < blocks_y; b += 32) s += partials[b * outputs + o];
+  const int64_t width = std::min<int64_t>(outputs, kThreads);  // outputs per pass
+  const int64_t slices = kThreads / width;
+  const int64_t slice = threadIdx.x / width, column = threadIdx.x % width;
+  for (int64_t first = 0; first < outputs; first += width) {
+    const int64_t o = first + column;
+    T sum = T(0);
+    if (slice < slices && o < outputs) {
+      T chain[kChains];
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
-    if (lane == 0) per_group[o] = s;
+      for (int c = 0; c < kChains; ++c) chain[c] = T(0);
+      int64_t b = slice;
+      for (; b + (kChains - 1) * slices < blocks_y; b += kChains * slices) {
+#pragma unroll
+        for (int c = 0; c < kChains; ++c) chain[c] += partials[(b + c * slices) * outputs + o];
+      }
+      for (; b < blocks_y; b += slices) chain[0] += partials[b * outputs + o];
+#pragma unroll
+      for (int c = 1; c < kChains; ++c) chain[0] += chain[c];
+      sum = chain[0];
+    }
+    slice_sums[threadIdx.x] = sum;
+    __syncthreads();
+    if (slice == 0 && o < outputs) {
+      T total = slice_sums[column];
+      for (int64_t s = 1; s < slices; ++s) total += slice_sums[s * width + column];
+      per_group[o] = total;
+    }
+    __syncthreads();
   }
-  __syncthreads();
   if (threadIdx.x < kNumerator) {
     T s = T(0);
     for (int64_t g = 0; g < groups; ++g) s += per_group[g * kCoeffGrads + threadIdx.x];
@@ -522,14 +603,46 @@ void with_vec(int vec, Launch&& launch) {
 
 namespace {
 
-// The forward, its result in `dtype`: x's own type, or (x float32) bfloat16 / float16 written by the kernel.
+// The bias in the math type, contiguous and 16-byte aligned (the kernels read it in 16-byte vectors), for the
+// kBias kernels; an undefined tensor when there is none.
+at::Tensor math_bias(const at::Tensor* bias, at::ScalarType math) {
+  if (bias == nullptr) return at::Tensor();
+  at::Tensor b = bias->to(math).contiguous();
+  return reinterpret_cast<uintptr_t>(b.const_data_ptr()) % 16 == 0 ? b : b.clone();
+}
+
+// Per-channel sums of the [blocks_y, C] partials of the kBias backward, in a fixed order (kChains running sums
+// per channel, then added in order): d_bias [C] in the math type.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) bias_reduce_kernel(const T* __restrict__ partials, int64_t blocks_y,
+                                                               int64_t channels, T* __restrict__ d_bias) {
+  constexpr int kChains = 8;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (c >= channels) return;
+  T chain[kChains];
+#pragma unroll
+  for (int i = 0; i < kChains; ++i) chain[i] = T(0);
+  int64_t b = 0;
+  for (; b + kChains <= blocks_y; b += kChains) {
+#pragma unroll
+    for (int i = 0; i < kChains; ++i) chain[i] += partials[(b + i) * channels + c];
+  }
+  for (; b < blocks_y; ++b) chain[0] += partials[b * channels + c];
+#pragma unroll
+  for (int i = 1; i < kChains; ++i) chain[0] += chain[i];
+  d_bias[c] = chain[0];
+}
+
+// The forward, its result in `dtype`: x's own type, or (x float32) bfloat16 / float16 written by the kernel;
+// with a bias, F(x + bias).
 at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
-                        int64_t groups, at::ScalarType dtype, const char* op) {
+                        int64_t groups, at::ScalarType dtype, const char* op, const at::Tensor* bias = nullptr) {
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
+  if (bias != nullptr) check_bias(*bias, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
   const bool narrowing = x.scalar_type() == at::kFloat && (dtype == at::kBFloat16 || dtype == at::kHalf);
   if (dtype != x.scalar_type() && !narrowing) {  // widening or an unusual pair: compute, then convert
-    return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(), op).to(dtype);
+    return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(), op, bias).to(dtype);
   }
   auto xc = x.contiguous();
   auto y = at::empty_like(xc, xc.options().dtype(dtype));
@@ -538,6 +651,7 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
   const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto wn = weight_numerator.to(math).contiguous();
   auto wd = weight_denominator.to(math).contiguous();
+  const at::Tensor bc = math_bias(bias, math);
   const dim3 grid = make_grid(L, x.get_device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto launch = [&](auto in_tag, auto out_tag) {
@@ -546,6 +660,12 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
     using T = at::opmath_type<scalar_t>;
     with_vec<scalar_t>(L.vec, [&](auto vec) {
       constexpr int kVec = decltype(vec)::value;
+      if (bias != nullptr) {
+        forward_kernel<scalar_t, out_t, kVec, true><<<grid, kThreads, 0, stream>>>(
+            xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<out_t>(), wn.const_data_ptr<T>(),
+            wd.const_data_ptr<T>(), bc.const_data_ptr<T>(), L);
+        return;
+      }
       if constexpr (kStages >= 2 && kVec > 1) {
         if (vector_offsets_fit(L, grid)) {
           forward_kernel_ahead<scalar_t, out_t, kVec><<<grid, kThreads, 0, stream>>>(
@@ -556,7 +676,7 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
       }
       forward_kernel<scalar_t, out_t, kVec><<<grid, kThreads, 0, stream>>>(
           xc.const_data_ptr<scalar_t>(), y.mutable_data_ptr<out_t>(), wn.const_data_ptr<T>(), wd.const_data_ptr<T>(),
-          L);
+          nullptr, L);
     });
   };
   if (dtype == at::kBFloat16 && narrowing) {
@@ -571,64 +691,76 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
   return y;
 }
 
-}  // namespace
-
-at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
-                                       const at::Tensor& weight_denominator, int64_t groups) {
-  return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(),
-                      "mmkat::group_rational_forward");
-}
-
-at::Tensor group_rational_forward_to_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
-                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
-  return forward_cuda(x, weight_numerator, weight_denominator, groups, dtype, "mmkat::group_rational_forward_to");
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_numerator,
-    const at::Tensor& weight_denominator, int64_t groups) {
-  constexpr const char* op = "mmkat::group_rational_backward";
+// dx, d_num, d_den and, with a bias, d_bias (in the math type; undefined without a bias).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output,
+                                                                         const at::Tensor& x,
+                                                                         const at::Tensor& weight_numerator,
+                                                                         const at::Tensor& weight_denominator,
+                                                                         int64_t groups, const char* op,
+                                                                         const at::Tensor* bias = nullptr) {
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
   check_grad_output(grad_output, x, op);
+  if (bias != nullptr) check_bias(*bias, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
+  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto xc = x.contiguous();
   // A bfloat16 / float16 dy for a float32 x is read by the kernel as it is; other mismatches are converted.
   const bool narrow_dy = x.scalar_type() == at::kFloat &&
                          (grad_output.scalar_type() == at::kBFloat16 || grad_output.scalar_type() == at::kHalf);
   auto dyc = (narrow_dy ? grad_output : grad_output.to(x.scalar_type())).contiguous();
   auto dx = at::empty_like(xc);
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), dyc.const_data_ptr(), dx.const_data_ptr()});
+  if (bias != nullptr && L.per_row > kThreads) {
+    // More vectors per row segment than threads (a thread would see several channels): z = x + bias in the math
+    // type, the backward at z, then the per-channel sums of dz.
+    const at::Tensor z = xc.to(math) + bias->to(math);
+    auto [dz, d_num, d_den, none] = backward_cuda(grad_output, z, weight_numerator, weight_denominator, groups, op);
+    at::Tensor d_bias = dz.reshape({-1, L.channels}).sum(0);
+    return {dz.to(x.scalar_type()), d_num, d_den, d_bias};
+  }
   auto wn = weight_numerator.to(math).contiguous();
   auto wd = weight_denominator.to(math).contiguous();
+  const at::Tensor bc = math_bias(bias, math);
   auto d_num = at::empty({1, kNumerator}, wn.options());
   auto d_den = at::empty({groups, kDenominator}, wn.options());
-  const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), dyc.const_data_ptr(), dx.const_data_ptr()});
+  at::Tensor d_bias = bias != nullptr ? at::empty({L.channels}, wn.options()) : at::Tensor();
   if (L.rows == 0 || L.channels == 0) {
     d_num.zero_();
     d_den.zero_();
+    if (d_bias.defined()) d_bias.zero_();
   } else {
     const dim3 grid = make_grid(L, x.get_device());
-    // One scratch allocation: the per-block partials [grid.y, groups, 10], then the per-group sums [groups, 10].
+    // One scratch allocation: the per-block partials [grid.y, groups, 10], the per-group sums [groups, 10], then
+    // with a bias the per-block channel sums [grid.y, C].
     const int64_t partial_count = static_cast<int64_t>(grid.y) * groups * kCoeffGrads;
-    auto scratch = at::empty({partial_count + groups * kCoeffGrads}, wn.options());
+    const int64_t bias_count = bias != nullptr ? static_cast<int64_t>(grid.y) * L.channels : 0;
+    auto scratch = at::empty({partial_count + groups * kCoeffGrads + bias_count}, wn.options());
     auto stream = c10::cuda::getCurrentCUDAStream();
     auto launch = [&](auto x_tag, auto grad_tag) {
       using scalar_t = decltype(x_tag);
       using grad_t = decltype(grad_tag);
       using T = at::opmath_type<scalar_t>;
+      T* partials = scratch.mutable_data_ptr<T>();
       with_vec<scalar_t>(L.vec, [&](auto vec) {
         constexpr int kVec = decltype(vec)::value;
+        if (bias != nullptr) {
+          backward_kernel<scalar_t, grad_t, kVec, true><<<grid, kThreads, 0, stream>>>(
+              dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+              wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials, bc.const_data_ptr<T>(),
+              partials + partial_count + groups * kCoeffGrads, L);
+          return;
+        }
         if constexpr (kStages >= 2 && kVec > 1) {
           if (vector_offsets_fit(L, grid)) {
             backward_kernel_ahead<scalar_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
                 dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-                wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), scratch.mutable_data_ptr<T>(), L);
+                wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials, L);
             return;
           }
         }
         backward_kernel<scalar_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
             dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), scratch.mutable_data_ptr<T>(), L);
+            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials, nullptr, nullptr, L);
       });
     };
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
@@ -646,9 +778,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
                                                    partials + partial_count,
                                                    d_num.mutable_data_ptr<T>(), d_den.mutable_data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (bias != nullptr) {
+        const auto blocks = static_cast<unsigned>((L.channels + kThreads - 1) / kThreads);
+        bias_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(partials + partial_count + groups * kCoeffGrads,
+                                                               grid.y, L.channels, d_bias.mutable_data_ptr<T>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     });
   }
+  return {dx, d_num, d_den, d_bias};
+}
+
+}  // namespace
+
+at::Tensor group_rational_forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                       const at::Tensor& weight_denominator, int64_t groups) {
+  return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(),
+                      "mmkat::group_rational_forward");
+}
+
+at::Tensor group_rational_forward_to_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
+  return forward_cuda(x, weight_numerator, weight_denominator, groups, dtype, "mmkat::group_rational_forward_to");
+}
+
+at::Tensor group_rational_bias_forward_cuda(const at::Tensor& x, const at::Tensor& bias,
+                                            const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
+                                            int64_t groups) {
+  return forward_cuda(x, weight_numerator, weight_denominator, groups, x.scalar_type(),
+                      "mmkat::group_rational_bias_forward", &bias);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups) {
+  auto [dx, d_num, d_den, none] = backward_cuda(grad_output, x, weight_numerator, weight_denominator, groups,
+                                                "mmkat::group_rational_backward");
   return {dx, d_num.to(weight_numerator.scalar_type()), d_den.to(weight_denominator.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups) {
+  auto [dx, d_num, d_den, d_bias] = backward_cuda(grad_output, x, weight_numerator, weight_denominator, groups,
+                                                  "mmkat::group_rational_bias_backward", &bias);
+  return {dx, d_bias.to(bias.scalar_type()), d_num.to(weight_numerator.scalar_type()),
+          d_den.to(weight_denominator.scalar_type())};
 }
 
 }  // namespace mmkat
@@ -657,4 +832,6 @@ TORCH_LIBRARY_IMPL(mmkat, CUDA, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_cuda);
   m.impl("group_rational_forward_to", &mmkat::group_rational_forward_to_cuda);
   m.impl("group_rational_backward", &mmkat::group_rational_backward_cuda);
+  m.impl("group_rational_bias_forward", &mmkat::group_rational_bias_forward_cuda);
+  m.impl("group_rational_bias_backward", &mmkat::group_rational_bias_backward_cuda);
 }

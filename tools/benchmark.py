@@ -71,9 +71,9 @@ class Classifier(nn.Module):
 
 
 def build(kind: str, arch, img_size: int, patch_size: int = 16, classes: int = 1000,
-          drop_path: float = 0.1, recompute: bool = True) -> nn.Module:
-    """``arch``: a name of ARCHS or dict(embed_dims, num_layers, num_heads); ``recompute``: KAT's
-    ``rational=dict(recompute=...)``."""
+          drop_path: float = 0.1, recompute: bool = True, fold_bias: bool = False) -> nn.Module:
+    """``arch``: a name of ARCHS or dict(embed_dims, num_layers, num_heads); ``recompute`` and ``fold_bias``:
+    KAT's ``rational=dict(recompute=..., fold_bias=...)``."""
     if isinstance(arch, str):
         dims, heads = ARCHS[arch]
         depth = 12
@@ -87,7 +87,8 @@ def build(kind: str, arch, img_size: int, patch_size: int = 16, classes: int = 1
         raise ValueError(f'unknown model {kind!r}; expected one of {MODELS}')
     backbone_arch = arch if isinstance(arch, str) else dict(arch, mlp_ratio=4)
     backbone = KAT(backbone_arch, img_size=img_size, patch_size=patch_size, mlp='kan' if kind == 'kat' else 'gelu',
-                   drop_path_rate=drop_path, rational=dict(recompute=recompute) if kind == 'kat' else None)
+                   drop_path_rate=drop_path,
+                   rational=dict(recompute=recompute, fold_bias=fold_bias) if kind == 'kat' else None)
     return Classifier(backbone, dims, classes)
 
 
@@ -204,7 +205,7 @@ def run_group(args, arch, mode, compile_mode, device, dtype) -> list:
         if device.type == 'cuda':
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(device)
-        model = build(kind, arch, args.img_size, recompute=not args.no_recompute)
+        model = build(kind, arch, args.img_size, recompute=not args.no_recompute, fold_bias=args.fold_bias)
         params = sum(p.numel() for p in model.parameters())
         runner = Runner(model, mode, compile_mode, args.batch_size, args.img_size, device, dtype)
         t0 = time.perf_counter()
@@ -477,6 +478,8 @@ def main(argv=None):
                         help='cuda or cpu (default: cuda when a GPU is visible)')
     parser.add_argument('--no-recompute', action='store_true',
                         help="KAT with rational=dict(recompute=False): act1's output kept for backward")
+    parser.add_argument('--fold-bias', action='store_true',
+                        help="KAT with rational=dict(fold_bias=True): fc1's bias added inside act2")
     parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
     parser.add_argument('--top-kernels', type=int, default=0, help='with --profile: list the N costliest kernels')
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
@@ -524,7 +527,8 @@ def main(argv=None):
     print_table(rows, args.profile)
     run = new_run(command, device, date=started, rows=rows,
                   settings=dict(settings, device=device.type, batch_size=args.batch_size, img_size=args.img_size,
-                                dtype=args.dtype, **({'recompute': False} if args.no_recompute else {})))
+                                dtype=args.dtype, **({'recompute': False} if args.no_recompute else {}),
+                                **({'fold_bias': True} if args.fold_bias else {})))
     if args.out:
         save(parser, args.out, run, SPEED_BENCHMARK)
     if args.chart:

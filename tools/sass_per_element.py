@@ -31,10 +31,11 @@ from collections import Counter
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 _INSTRUCTION = re.compile(r'/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);')
-# forward_kernel<x type, out type, VEC> and backward_kernel<x type, dy type, VEC>; the second type is written
-# as a back-reference (S1_, ...) where it repeats the first.
+# forward_kernel<x type, out type, VEC, kBias> and backward_kernel<x type, dy type, VEC, kBias>; the second type is
+# written as a back-reference (S1_, ...) where it repeats the first; kBias (Lb1E: the bias ops' kernels) is
+# reported as forward_bias / backward_bias.
 _TYPE = r'N3c108BFloat16E|N3c104HalfE|f|d'
-_KERNEL = re.compile(rf'((?:forward|backward)_kernel(?:_ahead)?)I({_TYPE})({_TYPE}|S\d*_)?Li(\d+)E')
+_KERNEL = re.compile(rf'((?:forward|backward)_kernel(?:_ahead)?)I({_TYPE})({_TYPE}|S\d*_)?Li(\d+)E(?:Lb([01])E)?')
 _DTYPES = {'N3c108BFloat16E': 'bf16', 'N3c104HalfE': 'fp16', 'f': 'fp32', 'd': 'fp64'}
 
 
@@ -143,6 +144,8 @@ def analyse(kernels, unroll):
         if match is None:
             continue
         kind = match.group(1).replace('_kernel', '')  # forward, backward, backward_ahead
+        if match.group(5) == '1':
+            kind += '_bias'
         dtype, vec = _DTYPES[match.group(2)], int(match.group(4))
         second = match.group(3)
         if second in _DTYPES and second != match.group(2):  # a mixed pair: 'fp32/bf16' (x / out or dy)

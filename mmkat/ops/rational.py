@@ -27,7 +27,7 @@ import torch
 
 __all__ = [
     'group_rational', 'group_rational_reference', 'group_rational_reference_backward', 'group_rational_direct',
-    'group_rational_linear',
+    'group_rational_linear', 'group_rational_bias',
     'extension_info', 'IMPLEMENTATIONS', 'NUM_NUMERATOR', 'NUM_DENOMINATOR', 'ENV_IMPL'
 ]
 
@@ -309,11 +309,23 @@ if _EXT is not None:
                      lambda: f'weight must have shape [out_features, {x.shape[-1]}]')
         return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=dtype)
 
+    @torch.library.register_fake('mmkat::group_rational_bias_forward')
+    def _bias_forward_fake(x, bias, weight_numerator, weight_denominator, groups):
+        torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
+        torch._check(bias.dim() == 1 and bias.shape[0] == x.shape[-1], lambda: 'bias must have shape [C]')
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake('mmkat::group_rational_bias_backward')
+    def _bias_backward_fake(grad_output, x, bias, weight_numerator, weight_denominator, groups):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(bias),
+                torch.empty_like(weight_numerator), torch.empty_like(weight_denominator))
+
     _FORWARD_OP = torch.ops.mmkat.group_rational_forward.default
     _FORWARD_TO_OP = torch.ops.mmkat.group_rational_forward_to.default
     _LINEAR_OP = torch.ops.mmkat.group_rational_linear.default
+    _BIAS_FORWARD_OP = torch.ops.mmkat.group_rational_bias_forward.default
 else:
-    _FORWARD_OP = _FORWARD_TO_OP = _LINEAR_OP = None
+    _FORWARD_OP = _FORWARD_TO_OP = _LINEAR_OP = _BIAS_FORWARD_OP = None
 
 # ------------------------------------------------------------------------ under torch.compile: fusable
 # How torch.compile's inductor sees the compiled implementation (read when a graph is traced):
@@ -370,24 +382,39 @@ def _direct_forward_to(x, weight_numerator, weight_denominator, groups, dtype):
     return _direct_forward(x, weight_numerator, weight_denominator, groups).to(dtype)
 
 
-_DECOMPOSITIONS = {  # compile_forward -> (forward, forward_to)
-    'decomposed': (_reference_forward, _reference_forward_to),
-    'direct': (_direct_forward, _direct_forward_to),
+def _biased(forward):
+    """forward(x + bias, ...) with the sum in the math type and the result in x's dtype (the bias ops)."""
+
+    def biased_forward(x, bias, weight_numerator, weight_denominator, groups):
+        dt = _math_dtype(x)
+        return forward(x.to(dt) + bias.to(dt), weight_numerator, weight_denominator, groups).to(x.dtype)
+
+    biased_forward.__name__ = f'{forward.__name__}_bias'
+    return biased_forward
+
+
+_reference_bias_forward = _biased(_reference_forward)
+_direct_bias_forward = _biased(_direct_forward)
+
+_DECOMPOSITIONS = {  # compile_forward -> (forward, forward_to, bias_forward)
+    'decomposed': (_reference_forward, _reference_forward_to, _reference_bias_forward),
+    'direct': (_direct_forward, _direct_forward_to, _direct_bias_forward),
 }
 
 
 @torch.compiler.assume_constant_result
 def _register_inductor_decomposition() -> bool:
-    """Add the forward's decompositions (group_rational_forward and group_rational_forward_to, the forward of
-    group_rational_linear) to inductor's table (once) and tag inductor's caches with compile_forward; run at
-    trace time, not traced."""
+    """Add the forward's decompositions (group_rational_forward, group_rational_forward_to, the forward of
+    group_rational_linear, and group_rational_bias_forward) to inductor's table (once) and tag inductor's caches
+    with compile_forward; run at trace time, not traced."""
     global _CACHE_TAG
     from torch._inductor import config as inductor_config
     from torch._inductor import decomposition as inductor_decompositions
     table = inductor_decompositions.decompositions
     ours = {fn for pair in _DECOMPOSITIONS.values() for fn in pair}
     changed = False
-    for op, wanted in zip((_FORWARD_OP, _FORWARD_TO_OP), _DECOMPOSITIONS.get(compile_forward, (None, None))):
+    for op, wanted in zip((_FORWARD_OP, _FORWARD_TO_OP, _BIAS_FORWARD_OP),
+                          _DECOMPOSITIONS.get(compile_forward, (None, None, None))):
         current = table.get(op)
         if op is None or current is wanted or (wanted is None and current not in ours):
             continue
@@ -510,3 +537,43 @@ def group_rational_linear(x: torch.Tensor,
         return _LINEAR_OP(x, weight_numerator, weight_denominator, groups, weight, bias, linear_dtype(x))
     a = group_rational(x, weight_numerator, weight_denominator, groups, resolved)
     return torch.nn.functional.linear(a, weight, bias)
+
+
+def _check_bias(x, bias, what):
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f'{what}: bias must be a torch.Tensor, got {type(bias).__name__}')
+    if not bias.is_floating_point() or bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
+        raise ValueError(f'{what}: bias must be a floating-point tensor of shape [{x.shape[-1]}] (the channels of '
+                         f'x), got {bias.dtype} {list(bias.shape)}')
+    if bias.device != x.device:
+        raise ValueError(f'{what}: bias must be on {x.device} (the device of x), got {bias.device}')
+
+
+def _bias_compiled_call(x, bias, weight_numerator, weight_denominator, groups):
+    """F(x + bias) by the compiled op, eager or traced; inputs already checked."""
+    if torch.compiler.is_compiling():
+        _register_inductor_decomposition()
+    return _BIAS_FORWARD_OP(x, bias, weight_numerator, weight_denominator, groups)
+
+
+def group_rational_bias(x: torch.Tensor,
+                        bias: torch.Tensor,
+                        weight_numerator: torch.Tensor,
+                        weight_denominator: torch.Tensor,
+                        groups: int,
+                        impl: str = 'auto') -> torch.Tensor:
+    """``group_rational(x + bias, ...)``: the bias ([C], any float dtype) added to x in the math type (fp32, fp64
+    for fp64) and the result in x's dtype. A KAN block's ``act2(fc1(h))`` is ``group_rational_bias(h @ W.T,
+    fc1.bias, ...)``: with the compiled op the backward returns the bias gradient (the per-channel sums of dx) from
+    its one pass over x and dy, instead of a separate reduction over dx. Under torch.compile the forward is
+    decomposed into the formula like :func:`group_rational`'s, and the backward stays the kernel."""
+    _check_inputs(x, weight_numerator, weight_denominator, groups)
+    _check_bias(x, bias, 'group_rational_bias')
+    resolved = _resolve_impl(impl)
+    if resolved == 'compiled' and not _compiled_supports(x.device):
+        raise RuntimeError(f"group_rational_bias(impl='compiled'): {_compiled_unavailable_reason(x.device)}")
+    if resolved != 'reference' and _compiled_supports(x.device):
+        return _bias_compiled_call(x, bias, weight_numerator, weight_denominator, groups)
+    dt = _math_dtype(x)
+    y = group_rational(x.to(dt) + bias.to(dt), weight_numerator, weight_denominator, groups, resolved)
+    return y.to(x.dtype)

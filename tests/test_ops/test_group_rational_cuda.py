@@ -4,6 +4,7 @@ import torch
 
 from mmkat.ops import extension_info, get_preset, group_rational
 from .test_group_rational import TOL, assert_close_to_reference, make_inputs
+from .test_group_rational_bias import assert_bias_op_close, make_bias
 
 pytestmark = [
     pytest.mark.cuda,
@@ -15,7 +16,9 @@ pytestmark = [
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize('shape,groups', [((7, 24), 8), ((3, 5, 40), 8), ((2, 3, 5, 64), 8), ((11, 9), 3),
                                           ((4, 197, 48), 8), ((8, 197, 1536), 8), ((5, 2, 8 * 13), 8),
-                                          ((130, 8 * 300), 8), ((3, 12288), 8)])
+                                          ((130, 8 * 300), 8), ((3, 12288), 8),
+                                          # more than 256 coefficient gradients: reduce_kernel's passes
+                                          ((300, 32 * 24), 32), ((2, 50, 48 * 16), 48)])
 def test_cuda_kernel_matches_reference(dtype, shape, groups):
     x, wn, wd = make_inputs(shape, groups, dtype, device='cuda')
     assert_close_to_reference(x, wn, wd, groups)
@@ -222,3 +225,43 @@ def test_cuda_half_precision_far_test_from_just_above_the_threshold(dtype):
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(y.double().cpu()[finite], yr.detach()[finite].to(dtype).double(), rtol=rtol, atol=atol)
     torch.testing.assert_close(gx.double().cpu()[finite], gr_[finite].to(dtype).double(), rtol=rtol, atol=atol)
+
+
+# F(x + bias): the kBias kernels (one row segment per thread), the fallback past 256 vectors per row segment
+# ([3, 8 * 2560] in bf16: 320), many groups (reduce_kernel's passes), the scalar path (C = 9, 3 groups).
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize('shape,groups', [((7, 24), 8), ((4, 197, 48), 8), ((8, 197, 1536), 8), ((11, 9), 3),
+                                          ((3, 8 * 2560), 8), ((300, 32 * 24), 32)])
+def test_cuda_bias_op_matches_reference(dtype, shape, groups):
+    x, wn, wd = make_inputs(shape, groups, dtype, device='cuda', seed=4)
+    assert_bias_op_close(x, make_bias(shape[-1], wn.dtype, device='cuda'), wn, wd, groups)
+
+
+@pytest.mark.parametrize('dy_dtype', [torch.bfloat16, torch.float16])
+def test_cuda_bias_op_half_gradient_of_float_input(dy_dtype):
+    x, wn, wd = make_inputs((16, 197, 384), 8, torch.float32, device='cuda', seed=5)
+    b = make_bias(384, device='cuda')
+    dy = torch.randn(x.shape, device='cuda').to(dy_dtype)
+    got = torch.ops.mmkat.group_rational_bias_backward(dy, x, b, wn, wd, 8)
+    want = torch.ops.mmkat.group_rational_bias_backward(dy.float(), x, b, wn, wd, 8)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_bias_op_with_an_unaligned_bias():
+    """A bias viewed at an odd offset of a larger tensor (the kernels read it in 16-byte vectors)."""
+    x, wn, wd = make_inputs((5, 197, 64), 8, torch.bfloat16, device='cuda', seed=7)
+    bias = make_bias(65, device='cuda')[1:]
+    assert bias.data_ptr() % 16 != 0
+    assert_bias_op_close(x, bias, wn, wd, 8)
+
+
+def test_cuda_bias_backward_is_bitwise_deterministic():
+    x, wn, wd = make_inputs((64, 197, 1536), 8, torch.bfloat16, device='cuda', seed=6)
+    b = make_bias(1536, device='cuda')
+    dy = torch.randn_like(x)
+    first = torch.ops.mmkat.group_rational_bias_backward(dy, x, b, wn, wd, 8)
+    for _ in range(3):
+        again = torch.ops.mmkat.group_rational_bias_backward(dy, x, b, wn, wd, 8)
+        for a, c in zip(first, again):
+            assert torch.equal(a, c)

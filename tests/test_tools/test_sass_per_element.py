@@ -95,6 +95,22 @@ def test_the_walk_takes_the_shorter_alternative_when_neither_holds_a_call():
     assert tool.hot_path(code, head, end) == ['FFMA', 'BRA', 'FFMA', 'FFMA', 'FADD', 'BRA']
 
 
+def test_kernel_names_give_kind_dtype_and_vector_width():
+    """Mangled template names: the second type as a back-reference or a mixed pair, kBias (Lb1E) as *_bias."""
+    tool = load_tool()
+    code = listing(DIRECT_FIRST)
+    prefix = '_ZN5mmkat55_GLOBAL__N__0_22_group_rational_cuda_cu_0'
+    names = {
+        f'{prefix}15backward_kernelIN3c108BFloat16ES3_Li8ELb0EEEvPKT0_': ('backward', 'bf16', 8),
+        f'{prefix}15backward_kernelIN3c108BFloat16ES3_Li8ELb1EEEvPKT0_': ('backward_bias', 'bf16', 8),
+        f'{prefix}14forward_kernelIfN3c108BFloat16ELi4ELb1EEEvPKT_': ('forward_bias', 'fp32/bf16', 4),
+        f'{prefix}21backward_kernel_aheadIN3c104HalfES3_Li8EEEvPKT0_': ('backward_ahead', 'fp16', 8),
+        f'{prefix}13reduce_kernelIfEEvPKT_': None,
+    }
+    rows = tool.analyse({name: code for name in names}, 1)
+    assert sorted((r['kernel'], r['dtype'], r['vec']) for r in rows) == sorted(v for v in names.values() if v)
+
+
 @pytest.mark.skipif(not extension_info()['with_cuda'], reason='mmkat._C was built without CUDA kernels')
 def test_the_tool_reads_every_kernel_of_the_built_library(tmp_path):
     tool = load_tool()
@@ -107,9 +123,10 @@ def test_the_tool_reads_every_kernel_of_the_built_library(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = json.loads((tmp_path / 'r.json').read_text())['rows']
     found = {(r['kernel'], r['dtype'], r['vec']) for r in rows}
-    for kernel in ('forward', 'backward'):
+    for kernel in ('forward', 'backward', 'forward_bias', 'backward_bias'):
         assert {(kernel, 'bf16', 8), (kernel, 'fp16', 8), (kernel, 'fp32', 4), (kernel, 'bf16', 1)} <= found
-    assert {kernel for kernel, _, _ in found} <= {'forward', 'backward', 'forward_ahead', 'backward_ahead'}
+    assert {kernel for kernel, _, _ in found} <= {'forward', 'backward', 'forward_ahead', 'backward_ahead',
+                                                  'forward_bias', 'backward_bias'}
     for r in rows:  # the element math is on the walked path: at least one FMA per element, fewer than the loop
         assert 1 <= r['opcodes'].get('FFMA', r['opcodes'].get('DFMA', 0)) / r['elements_per_pass']
         assert 0 < r['hot_path_instructions'] <= r['loop_instructions']

@@ -57,9 +57,11 @@ class KAT(BaseModule):
         norm_eps: LayerNorm eps (1e-6, as released).
         mlp: 'kan' (KAT) or 'gelu' (the plain ViT of the same size, the baseline).
         rational: options of the group-rational activations, dict(groups=8, act1_init='identity',
-            act2_init='swish', impl='auto', recompute=True); ``recompute`` runs each block's act1 -> fc1 as
-            one op that recomputes act1's output in backward instead of keeping it (see :class:`KAN`); under
-            torch.compile each block checkpoints norm2 -> act1 -> fc1 instead (see :class:`KATBlock`).
+            act2_init='swish', impl='auto', recompute=True, fold_bias=False); ``recompute`` runs each block's
+            act1 -> fc1 as one op that recomputes act1's output in backward instead of keeping it (see
+            :class:`KAN`); under torch.compile each block checkpoints norm2 -> act1 -> fc1 instead (see
+            :class:`KATBlock`); ``fold_bias`` adds fc1's bias inside act2, whose backward then also gives the
+            bias gradient (see :class:`KAN`).
         window_size: 0 (global attention everywhere) or the window side, in patches, of ViTDet's window
             attention; blocks in ``global_attn_indexes`` keep global attention.
         global_attn_indexes: blocks with global attention when window_size > 0 (ViTDet: 2, 5, 8, 11).
@@ -230,7 +232,8 @@ class KAT(BaseModule):
 
     @staticmethod
     def _parse_rational(rational: Optional[dict]) -> dict:
-        options = dict(groups=8, act1_init='identity', act2_init='swish', impl='auto', recompute=True)
+        options = dict(groups=8, act1_init='identity', act2_init='swish', impl='auto', recompute=True,
+                       fold_bias=False)
         unknown = set(rational or {}) - set(options)
         if unknown:
             raise KeyError(f'KAT: unknown rational options {sorted(unknown)}; expected {sorted(options)}')
@@ -240,8 +243,9 @@ class KAT(BaseModule):
             raise ValueError(f'KAT: rational.groups must be a positive int (8 in the released models), got {groups!r}')
         if options['impl'] not in IMPLEMENTATIONS:
             raise ValueError(f"KAT: rational impl must be one of {IMPLEMENTATIONS}, got {options['impl']!r}")
-        if not isinstance(options['recompute'], bool):
-            raise ValueError(f"KAT: rational.recompute must be True or False, got {options['recompute']!r}")
+        for flag in ('recompute', 'fold_bias'):
+            if not isinstance(options[flag], bool):
+                raise ValueError(f'KAT: rational.{flag} must be True or False, got {options[flag]!r}')
         return options
 
     # ------------------------------------------------------------------ weights

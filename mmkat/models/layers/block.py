@@ -106,9 +106,9 @@ class KATBlock(nn.Module):
                 and type(self.norm2) is nn.LayerNorm and mlp.recomputes_act1()
                 and not _hooked(self.norm2, mlp, mlp.act2, mlp.drop2, mlp.fc2))
 
-    def _kan_hidden(self, x: torch.Tensor) -> torch.Tensor:
+    def _kan_hidden(self, x: torch.Tensor, fold: bool) -> torch.Tensor:
         mlp = self.mlp
-        return mlp.fc1(mlp.act1(self.norm2(x)))
+        return mlp.fc1_without_bias(mlp.act1(self.norm2(x)), fold)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid))
@@ -118,6 +118,7 @@ class KATBlock(nn.Module):
             # anyway for norm2's backward): the same values, two activations less per block.
             _quiet_checkpoint_warning()
             mlp = self.mlp
-            h = checkpoint(self._kan_hidden, x, use_reentrant=False, context_fn=_KEEP_ONLY_MATMULS)
-            return x + self.drop_path(mlp.fc2(mlp.drop2(mlp.act2(h))))
+            fold = mlp.folds_bias(x)
+            h = checkpoint(self._kan_hidden, x, fold, use_reentrant=False, context_fn=_KEEP_ONLY_MATMULS)
+            return x + self.drop_path(mlp.fc2(mlp.drop2(mlp.act2_with_bias(h, fold))))
         return x + self.drop_path(self.mlp(self.norm2(x)))

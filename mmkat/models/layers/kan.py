@@ -6,6 +6,7 @@ released KAT checkpoints and plain timm ViT checkpoints load without renaming.
 from typing import Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
@@ -46,6 +47,12 @@ class KAN(nn.Module):
             the separate calls with norm2 -> act1 -> fc1 selectively checkpointed, only fc1's matmul output kept,
             so that neither norm2's output nor act1's is held for backward (the fused op as one graph node did
             not lower compiled peak memory).
+        fold_bias: add fc1's bias inside act2 (:func:`mmkat.ops.group_rational_bias`, act2(h @ W.T + b) as one
+            op) so that act2's backward also returns the bias gradient, instead of a separate reduction over its
+            output gradient. Taken where the compiled op runs on the input's device, act2 is a GroupRational,
+            fc1 an nn.Linear with a bias, no hooks on fc1 or act2 (nor global module hooks), and not under
+            TorchScript tracing; torch.compile included. The sum h + b is formed in fp32 (not rounded to the
+            autocast dtype first), so outputs differ from the separate calls by that rounding.
     """
 
     def __init__(self,
@@ -56,7 +63,8 @@ class KAN(nn.Module):
                  act2_init: Union[str, dict] = 'swish',
                  impl: str = 'auto',
                  drop: float = 0.,
-                 recompute: bool = True):
+                 recompute: bool = True,
+                 fold_bias: bool = False):
         super().__init__()
         for name, channels in (('in_features', in_features), ('hidden_features', hidden_features)):
             if channels % groups:
@@ -68,6 +76,7 @@ class KAN(nn.Module):
         self.drop2 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.recompute = recompute
+        self.fold_bias = fold_bias
 
     def recomputes_act1(self) -> bool:
         """Whether act1's output may be recomputed in backward instead of kept: ``recompute`` is on, act1 is a
@@ -80,17 +89,36 @@ class KAN(nn.Module):
         return (x.device.type in self.act1._op_devices and x.dim() >= 1 and x.shape[-1] == self.fc1.in_features
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and self.recomputes_act1())
 
+    def folds_bias(self, x: torch.Tensor) -> bool:
+        """Whether fc1's bias is added inside act2 for the input ``x`` (``fold_bias`` and its conditions)."""
+        return (self.fold_bias and type(self.act2) is GroupRational and type(self.fc1) is nn.Linear
+                and self.fc1.bias is not None and x.device.type in self.act2._op_devices
+                and not torch.jit.is_tracing() and not _hooked(self.fc1, self.act2))
+
+    def fc1_without_bias(self, x: torch.Tensor, fold: bool) -> torch.Tensor:
+        """fc1, without its bias where ``fold`` (act2 adds it)."""
+        return F.linear(x, self.fc1.weight) if fold else self.fc1(x)
+
+    def act2_with_bias(self, h: torch.Tensor, fold: bool) -> torch.Tensor:
+        """act2, adding fc1's bias first where ``fold``."""
+        if not fold:
+            return self.act2(h)
+        act2 = self.act2
+        return _rational._bias_compiled_call(h, self.fc1.bias, act2.weight_numerator, act2.weight_denominator,
+                                             act2.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fold = self.folds_bias(x)
         if self._fused(x):
             act1, fc1 = self.act1, self.fc1
             x = _rational._LINEAR_OP(x, act1.weight_numerator, act1.weight_denominator, act1.groups, fc1.weight,
-                                     fc1.bias, _rational.linear_dtype(x))
+                                     None if fold else fc1.bias, _rational.linear_dtype(x))
         else:
-            x = self.fc1(self.drop1(self.act1(x)))
-        return self.fc2(self.drop2(self.act2(x)))
+            x = self.fc1_without_bias(self.drop1(self.act1(x)), fold)
+        return self.fc2(self.drop2(self.act2_with_bias(x, fold)))
 
     def extra_repr(self) -> str:
-        return f'recompute={self.recompute}'
+        return f'recompute={self.recompute}, fold_bias={self.fold_bias}'
 
 
 class Mlp(nn.Module):
