@@ -374,6 +374,44 @@ def compiled_recompute_table(results) -> str:
                  rows)
 
 
+# ---------------------------------------------- plain against ahead kernels, and the bias inside act2 (one H100)
+def load_stages_table(results) -> str:
+    rows = []
+    for i, run in enumerate(load('load_stages_h100.json', results)['runs'], 1):
+        for r in run['rows']:
+            ms = r['ms']
+            rows.append([i, run['settings']['kernels'], 'x'.join(map(str, r['shape'])), r['dtype'],
+                         f"{ms['fwd']:.3f}", f"{ms['bwd']:.3f}", f"{ms['fwd_bwd']:.3f}",
+                         f"{r['floor_ms']['fwd_bwd']:.3f}", f"{r['x_floor']:.2f}"])
+    return table(['run', 'kernels', 'shape', 'dtype', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd+bwd floor ms', 'x floor'],
+                 rows)
+
+
+def fold_bias_op_table(results) -> str:
+    rows = []
+    for run in load('fold_bias_h100.json', results)['runs']:
+        for r in run['rows']:
+            if r['kind'] != 'op':
+                continue
+            rows.append([r['shape'], r['dtype'], f"{r['backward_and_sum_ms']:.3f}", f"{r['bias_backward_ms']:.3f}",
+                         f"{r['bias_backward_ms'] / r['backward_and_sum_ms']:.2f}x", f"{r['forward_ms']:.3f}",
+                         f"{r['bias_forward_ms']:.3f}"])
+    return table(['shape', 'dtype', 'backward + bias sum ms', 'bias backward ms', 'ratio', 'forward ms',
+                  'bias forward ms'], rows)
+
+
+def fold_bias_model_table(results) -> str:
+    rows = []
+    for run in load('fold_bias_h100.json', results)['runs']:
+        for r in run['rows']:
+            if r['kind'] != 'model':
+                continue
+            steps = r['ms_per_step_all']
+            rows.append([r['arch'], SETTING_NAMES[r['compile']], r['model'], f"{r['ms_per_step']:.1f}",
+                         f'{min(steps):.1f}-{max(steps):.1f}', f"{r['vs_vit']:.3f}x"])
+    return table(['arch', 'training', 'model', 'ms/step (median)', 'ms/step (rounds)', 'images/s vs twin'], rows)
+
+
 TABLES = {
     'files': files_table,
     'speed': speed_table,
@@ -398,6 +436,9 @@ TABLES = {
     'tests': tests_table,
     'kernel-ab-op': kernel_ab_op_table,
     'kernel-ab-speed': kernel_ab_speed_table,
+    'load-stages-h100': load_stages_table,
+    'fold-bias-op-h100': fold_bias_op_table,
+    'fold-bias-model-h100': fold_bias_model_table,
 }
 
 

@@ -46,7 +46,7 @@ namespace {
 #define MMKAT_THREADS 256
 #endif
 #ifndef MMKAT_LOAD_STAGES
-#define MMKAT_LOAD_STAGES 0  // 2 to 4: the "ahead" kernels below, a build option until they are measured
+#define MMKAT_LOAD_STAGES 3  // 2 to 4: the "ahead" kernels below (the vectorized paths); 0: the plain kernels
 #endif
 #ifndef MMKAT_BLOCKS_PER_SM
 #define MMKAT_BLOCKS_PER_SM (2 * 2048 / MMKAT_THREADS)  // ~2 waves at full occupancy

@@ -1,5 +1,5 @@
 """setup.py's build decisions: finding the CUDA toolkit behind a wrapper, MMKAT_WITH_CUDA, the C++ runtime, the
-kernels' build options (and that the MMKAT_LOAD_STAGES kernels compile)."""
+kernels' build options (and that the MMKAT_LOAD_STAGES builds compile)."""
 import importlib.util
 import os
 import re
@@ -156,9 +156,10 @@ def test_extension_names_its_cuda_build_options(setup_module):
         assert build == ''
 
 
-def test_load_ahead_kernels_compile(setup_module, tmp_path):
-    """The "ahead" kernels of MMKAT_LOAD_STAGES (a build option, not in the default build) still compile for sm_90
-    and hold a forward and a backward kernel for each vectorized dtype (read from the object's machine code)."""
+@pytest.mark.parametrize('stages', ['3', '0'])
+def test_load_stages_builds_compile(setup_module, tmp_path, stages):
+    """MMKAT_LOAD_STAGES=3 (the default: the "ahead" kernels on the vectorized paths) and 0 (the plain kernels only)
+    compile for sm_90 and hold the kernels they should (read from the object's machine code)."""
     import sysconfig
 
     from torch.utils import cpp_extension
@@ -179,11 +180,16 @@ def test_load_ahead_kernels_compile(setup_module, tmp_path):
     source = os.path.join(ROOT, 'csrc', 'group_rational_cuda.cu')
     cmd = [nvcc, '-c', source, '-o', obj, *cpp_extension.COMMON_NVCC_FLAGS, '-O3', '-std=c++20',
            '-gencode=arch=compute_90,code=sm_90', '-DTORCH_API_INCLUDE_EXTENSION_H', '-DTORCH_EXTENSION_NAME=_C',
-           '-DMMKAT_LOAD_STAGES=3', '--compiler-options', '-fPIC']
+           f'-DMMKAT_LOAD_STAGES={stages}', '--compiler-options', '-fPIC']
     cmd += [f'-I{path}' for path in includes]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     found = {(r['kernel'], r['dtype'], r['vec']) for r in tool.analyse(tool.disassemble(obj, '90'), 1)}
-    for kernel in ('forward_ahead', 'backward_ahead'):
-        assert {(kernel, 'bf16', 8), (kernel, 'fp16', 8), (kernel, 'fp32', 4), (kernel, 'fp64', 2)} <= found
-    assert ('backward', 'bf16', 1) in found  # the scalar path keeps the plain kernel
+    ahead = {(kernel, dtype, vec) for kernel in ('forward_ahead', 'backward_ahead')
+             for dtype, vec in (('bf16', 8), ('fp16', 8), ('fp32', 4), ('fp64', 2))}
+    if stages == '0':
+        assert not any(kernel.endswith('_ahead') for kernel, _, _ in found)
+    else:
+        assert ahead <= found
+    # the plain kernels stay: the scalar path, tensors past 32-bit vector offsets, the bias ops
+    assert {('backward', 'bf16', 1), ('backward', 'bf16', 8), ('backward_bias', 'bf16', 8)} <= found

@@ -13,8 +13,9 @@ form. Any other forward conditional branch is taken when what it skips holds a C
 branch (the slow path of a correctly rounded division), and not taken otherwise (the row-bound checks);
 unconditional branches are followed. The count on that path, divided by the elements one pass of the loop handles
 (the vector width in the kernel's name times ``--unroll``, MMKAT_CUDA_UNROLL of the build), is the number printed.
-Builds with ``MMKAT_LOAD_STAGES`` (docs/op.md) add the vectorized ``forward_ahead`` and ``backward_ahead`` kernels,
-one vector per pass (``--unroll`` does not apply to them). It is a static count of issued
+The default build (``MMKAT_LOAD_STAGES=3``, docs/op.md) adds the vectorized ``forward_ahead`` and ``backward_ahead``
+kernels, one vector per pass (``--unroll`` does not apply to them); the plain kernels stay for the scalar path, the
+bias ops (``forward_bias``, ``backward_bias``) and tensors past 32-bit vector offsets. It is a static count of issued
 instructions (predicated-off ones included), the figure the backward's speed follows when it is bound by
 instruction issue; it says nothing about latency or memory.
 """
