@@ -387,28 +387,23 @@ def load_stages_table(results) -> str:
                  rows)
 
 
+def _fold_bias_rows(results, kind):
+    """The rows of one kind ('op' or 'model') of every run of fold_bias_h100.json."""
+    return [r for run in load('fold_bias_h100.json', results)['runs'] for r in run['rows'] if r['kind'] == kind]
+
+
 def fold_bias_op_table(results) -> str:
-    rows = []
-    for run in load('fold_bias_h100.json', results)['runs']:
-        for r in run['rows']:
-            if r['kind'] != 'op':
-                continue
-            rows.append([r['shape'], r['dtype'], f"{r['backward_and_sum_ms']:.3f}", f"{r['bias_backward_ms']:.3f}",
-                         f"{r['bias_backward_ms'] / r['backward_and_sum_ms']:.2f}x", f"{r['forward_ms']:.3f}",
-                         f"{r['bias_forward_ms']:.3f}"])
+    rows = [[r['shape'], r['dtype'], f"{r['backward_and_sum_ms']:.3f}", f"{r['bias_backward_ms']:.3f}",
+             f"{r['bias_backward_ms'] / r['backward_and_sum_ms']:.2f}x", f"{r['forward_ms']:.3f}",
+             f"{r['bias_forward_ms']:.3f}"] for r in _fold_bias_rows(results, 'op')]
     return table(['shape', 'dtype', 'backward + bias sum ms', 'bias backward ms', 'ratio', 'forward ms',
                   'bias forward ms'], rows)
 
 
 def fold_bias_model_table(results) -> str:
-    rows = []
-    for run in load('fold_bias_h100.json', results)['runs']:
-        for r in run['rows']:
-            if r['kind'] != 'model':
-                continue
-            steps = r['ms_per_step_all']
-            rows.append([r['arch'], SETTING_NAMES[r['compile']], r['model'], f"{r['ms_per_step']:.1f}",
-                         f'{min(steps):.1f}-{max(steps):.1f}', f"{r['vs_vit']:.3f}x"])
+    rows = [[r['arch'], SETTING_NAMES[r['compile']], r['model'], f"{r['ms_per_step']:.1f}",
+             f"{min(r['ms_per_step_all']):.1f}-{max(r['ms_per_step_all']):.1f}", f"{r['vs_vit']:.3f}x"]
+            for r in _fold_bias_rows(results, 'model')]
     return table(['arch', 'training', 'model', 'ms/step (median)', 'ms/step (rounds)', 'images/s vs twin'], rows)
 
 

@@ -70,14 +70,36 @@ void check_bias(const at::Tensor& bias, const at::Tensor& x, const char* op) {
   TORCH_CHECK(bias.device() == x.device(), op, ": bias must be on ", x.device(), ", got ", bias.device());
 }
 
+namespace {
+
+at::Tensor plus_bias_in_math_type(const at::Tensor& x, const at::Tensor& bias) {
+  const at::ScalarType math = math_type(x);
+  return x.to(math) + bias.to(math);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_backward_composite(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups) {
+  using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                     const at::Tensor&, const at::Tensor&, int64_t);
+  static const auto backward = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("mmkat::group_rational_backward", "")
+                                   .typed<BackwardSig>();
+  auto [dz, d_num, d_den] =
+      backward.call(grad_output, plus_bias_in_math_type(x, bias), weight_numerator, weight_denominator, groups);
+  at::Tensor d_bias = dz.reshape({-1, x.size(-1)}).sum(0);
+  return {dz.to(x.scalar_type()), d_bias.to(bias.scalar_type()), d_num, d_den};
+}
+
 at::Tensor group_rational_bias_forward_cpu(const at::Tensor& x, const at::Tensor& bias,
                                            const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
                                            int64_t groups) {
   constexpr const char* op = "mmkat::group_rational_bias_forward";
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
   check_bias(bias, x, op);
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return group_rational_forward_to_cpu(x.to(math) + bias.to(math), weight_numerator, weight_denominator, groups,
+  return group_rational_forward_to_cpu(plus_bias_in_math_type(x, bias), weight_numerator, weight_denominator, groups,
                                        x.scalar_type());
 }
 
@@ -88,11 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_b
   check_group_rational_inputs(x, weight_numerator, weight_denominator, groups, op);
   check_grad_output(grad_output, x, op);
   check_bias(bias, x, op);
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto [dz, d_num, d_den] = group_rational_backward_cpu(grad_output, x.to(math) + bias.to(math), weight_numerator,
-                                                        weight_denominator, groups);
-  at::Tensor d_bias = dz.reshape({-1, x.size(-1)}).sum(0);
-  return {dz.to(x.scalar_type()), d_bias.to(bias.scalar_type()), d_num, d_den};
+  return group_rational_bias_backward_composite(grad_output, x, bias, weight_numerator, weight_denominator, groups);
 }
 
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,

@@ -29,6 +29,18 @@ at::Tensor group_rational_forward_to(const at::Tensor& x, const at::Tensor& weig
 at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& weight_numerator,
                                          const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype);
 
+// The type the kernels compute in: float64 for float64 inputs, float32 otherwise.
+inline at::ScalarType math_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The bias ops composed of the plain ones: z = x + bias formed in the math type, mmkat::group_rational_backward
+// at z through the dispatcher, d_bias the per-channel sums of dz; (dx in x's type, d_bias in the bias's type,
+// d_num, d_den). The CPU kernel of group_rational_bias_backward, and the CUDA one's fallback.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_backward_composite(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& bias, const at::Tensor& weight_numerator,
+    const at::Tensor& weight_denominator, int64_t groups);
+
 // F(x + bias) and its backward (dx, d_bias, d_num, d_den) on the CPU: x + bias formed in the math type, then the
 // kernels above (the CUDA kernels add the bias in registers).
 at::Tensor group_rational_bias_forward_cpu(const at::Tensor& x, const at::Tensor& bias,

@@ -41,6 +41,14 @@ const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
   return op;
 }
 
+// A plain backward runs with grad mode off; create_graph=True turns it on and asks for a differentiable gradient,
+// which these ops do not provide: say so rather than return a gradient without a history.
+void refuse_double_backward(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), op,
+              " has no double backward: its gradient cannot be differentiated again (create_graph=True). Use "
+              "impl='reference' for higher-order gradients.");
+}
+
 class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
@@ -57,11 +65,7 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
     const int64_t groups = ctx->saved_data["groups"].toInt();
     at::Tensor dy = grad_outputs[0];
     if (!dy.defined()) dy = at::zeros_like(saved[0]);
-    // A plain backward runs with grad mode off; create_graph=True turns it on and asks for a differentiable
-    // gradient, which this op does not provide: say so rather than return a gradient without a history.
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "mmkat::group_rational_forward has no double backward: its gradient cannot be differentiated "
-                "again (create_graph=True). Use impl='reference' for higher-order gradients.");
+    refuse_double_backward("mmkat::group_rational_forward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [dx, d_num, d_den] = backward_op().call(dy, saved[0], saved[1], saved[2], groups);
     return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_num : at::Tensor(),
@@ -105,9 +109,7 @@ class GroupRationalBiasFunction : public torch::autograd::Function<GroupRational
     const int64_t groups = ctx->saved_data["groups"].toInt();
     at::Tensor dy = grad_outputs[0];
     if (!dy.defined()) dy = at::zeros_like(saved[0]);
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "mmkat::group_rational_bias_forward has no double backward: its gradient cannot be differentiated "
-                "again (create_graph=True). Use impl='reference' for higher-order gradients.");
+    refuse_double_backward("mmkat::group_rational_bias_forward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [dx, d_bias, d_num, d_den] = bias_backward_op().call(dy, saved[0], saved[1], saved[2], saved[3], groups);
     return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_bias : at::Tensor(),
@@ -158,9 +160,7 @@ class GroupRationalLinearFunction : public torch::autograd::Function<GroupRation
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "mmkat::group_rational_linear has no double backward: its gradient cannot be differentiated "
-                "again (create_graph=True). Use impl='reference' for higher-order gradients.");
+    refuse_double_backward("mmkat::group_rational_linear");
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& x = saved[0];
     const at::Tensor& weight = saved[3];

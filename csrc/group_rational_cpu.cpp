@@ -350,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_rational_backward_cpu(
   auto xc = x.contiguous();
   auto dyc = grad_output.to(x.scalar_type()).contiguous();
   auto dx = at::empty_like(xc);
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType math = math_type(x);
   const int64_t channels = x.size(-1);
   const int64_t rows = channels == 0 ? 0 : xc.numel() / channels;
   const Problem problem = make_problem(rows, channels, groups);

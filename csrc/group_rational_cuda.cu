@@ -648,7 +648,7 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
   auto y = at::empty_like(xc, xc.options().dtype(dtype));
   const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), y.const_data_ptr()});
   if (L.rows == 0 || L.channels == 0) return y;
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType math = math_type(x);
   auto wn = weight_numerator.to(math).contiguous();
   auto wd = weight_denominator.to(math).contiguous();
   const at::Tensor bc = math_bias(bias, math);
@@ -691,7 +691,8 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight_numerator,
   return y;
 }
 
-// dx, d_num, d_den and, with a bias, d_bias (in the math type; undefined without a bias).
+// dx, d_num, d_den (in the math type) and, with a bias, d_bias (in the math type, or the bias's type where the
+// composite fallback ran; undefined without a bias).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_output,
                                                                          const at::Tensor& x,
                                                                          const at::Tensor& weight_numerator,
@@ -702,7 +703,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(const a
   check_grad_output(grad_output, x, op);
   if (bias != nullptr) check_bias(*bias, x, op);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::ScalarType math = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType math = math_type(x);
   auto xc = x.contiguous();
   // A bfloat16 / float16 dy for a float32 x is read by the kernel as it is; other mismatches are converted.
   const bool narrow_dy = x.scalar_type() == at::kFloat &&
@@ -711,12 +712,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(const a
   auto dx = at::empty_like(xc);
   const Layout L = make_layout(xc, groups, {xc.const_data_ptr(), dyc.const_data_ptr(), dx.const_data_ptr()});
   if (bias != nullptr && L.per_row > kThreads) {
-    // More vectors per row segment than threads (a thread would see several channels): z = x + bias in the math
-    // type, the backward at z, then the per-channel sums of dz.
-    const at::Tensor z = xc.to(math) + bias->to(math);
-    auto [dz, d_num, d_den, none] = backward_cuda(grad_output, z, weight_numerator, weight_denominator, groups, op);
-    at::Tensor d_bias = dz.reshape({-1, L.channels}).sum(0);
-    return {dz.to(x.scalar_type()), d_num, d_den, d_bias};
+    // More vectors per row segment than threads (a thread would see several channels): the composite, the plain
+    // backward at x + bias then the per-channel sums of its dx.
+    auto [dz, d_bias, d_num, d_den] =
+        group_rational_bias_backward_composite(grad_output, x, *bias, weight_numerator, weight_denominator, groups);
+    return {dz, d_num, d_den, d_bias};
   }
   auto wn = weight_numerator.to(math).contiguous();
   auto wd = weight_denominator.to(math).contiguous();
