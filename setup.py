@@ -12,7 +12,8 @@ GPU is needed. Knobs:
     TORCH_CUDA_ARCH_LIST    architectures, e.g. "9.0" or "8.0;9.0+PTX"; without it, the visible GPUs', or
                             DEFAULT_ARCHS when no GPU is visible
     MAX_JOBS                parallel compile jobs (ninja)
-    MMKAT_CUDA_UNROLL, MMKAT_VEC_BYTES, MMKAT_MIN_BLOCKS, MMKAT_THREADS, MMKAT_BLOCKS_PER_SM, MMKAT_LOAD_STAGES
+    MMKAT_CUDA_UNROLL, MMKAT_VEC_BYTES, MMKAT_MIN_BLOCKS, MMKAT_THREADS, MMKAT_BLOCKS_PER_SM, MMKAT_LOAD_STAGES,
+                            MMKAT_FUSED_REDUCE
                             integer build options of the CUDA kernels for experiments (docs/op.md, "Speed");
                             unset: the defaults. The library names the ones set (extension_info()['cuda_build']).
 """
@@ -146,7 +147,7 @@ if CUDA_HOME is not None:
 
 
 KERNEL_KNOBS = ('MMKAT_CUDA_UNROLL', 'MMKAT_VEC_BYTES', 'MMKAT_MIN_BLOCKS', 'MMKAT_THREADS', 'MMKAT_BLOCKS_PER_SM',
-                'MMKAT_LOAD_STAGES')
+                'MMKAT_LOAD_STAGES', 'MMKAT_FUSED_REDUCE')
 
 
 def _kernel_knobs(environ=None):

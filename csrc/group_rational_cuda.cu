@@ -48,6 +48,9 @@ namespace {
 #ifndef MMKAT_LOAD_STAGES
 #define MMKAT_LOAD_STAGES 3  // 2 to 4: the "ahead" kernels below (the vectorized paths); 0: the plain kernels
 #endif
+#ifndef MMKAT_FUSED_REDUCE
+#define MMKAT_FUSED_REDUCE 0  // 0: a separate kernel adds the backward's coefficient partials; 1: its last blocks do
+#endif
 #ifndef MMKAT_BLOCKS_PER_SM
 #define MMKAT_BLOCKS_PER_SM (2 * 2048 / MMKAT_THREADS)  // ~2 waves at full occupancy
 #endif
@@ -58,6 +61,7 @@ constexpr int kVecBytes = MMKAT_VEC_BYTES;     // bytes per vector access (16 or
 constexpr int kMinBlocks = MMKAT_MIN_BLOCKS;   // __launch_bounds__ minimum resident blocks per SM
 constexpr int kMinBlocksBias = 3;  // the bias backward: its per-channel sums need more registers (<= 80)
 constexpr int kStages = MMKAT_LOAD_STAGES;     // vectorized kernels: 0 plain, else loads in flight per thread
+constexpr bool kFusedReduce = MMKAT_FUSED_REDUCE != 0;
 static_assert(kStages == 0 || (kStages >= 2 && kStages <= 8), "MMKAT_LOAD_STAGES must be 0 or 2..8");
 
 template <typename scalar_t, int VEC>
@@ -245,16 +249,88 @@ __device__ __forceinline__ void block_reduce(T* vals) {
   }
 }
 
-// The block's sums of the 10 coefficient gradients (block_reduce), written by thread 0 as the block's partial
-// [blockIdx.y, blockIdx.x (the group), 10] for reduce_kernel.
+// Where a backward kernel's blocks leave their coefficient gradients. Each block adds its 10 sums (block_reduce)
+// and writes them as its partial [blockIdx.y, blockIdx.x (the group), 10]. By default reduce_kernel, launched
+// after, adds the partials. With MMKAT_FUSED_REDUCE=1 (an option, not yet run on a GPU) the blocks instead count
+// themselves done per group (counters, zeroed before the launch): the last block of a group adds that group's
+// partials, writes its d_den row and its numerator sums, and the last group to finish adds those over the groups
+// into d_num. Every sum runs in an order fixed by the shape and grid (never by which block finishes last), so the
+// gradients are bitwise reproducible.
 template <typename T>
-__device__ __forceinline__ void store_block_partials(T* acc, T* __restrict__ partials, int64_t groups) {
+struct CoeffSink {
+  T* partials;             // [gridDim.y, groups, 10]
+  unsigned int* counters;  // [groups + 1], zero at launch (fused only)
+  T* per_group;            // [groups, kNumerator] numerator sums per group (fused only)
+  const T* wd;             // the denominator weights [groups, kDenominator] (their signs)
+  T* d_num;                // [kNumerator]
+  T* d_den;                // [groups, kDenominator]
+};
+
+#if MMKAT_FUSED_REDUCE
+// Whether this block is the last of `count` to arrive at *counter. Every thread's earlier global writes are made
+// visible first (each fences, then the barrier), and the last block fences again before it reads the others'.
+__device__ __forceinline__ bool arrive_last(unsigned int* counter, unsigned int count) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == count - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// The last block of group g: the group's 10 sums over the gridDim.y partials, the threads split into kSlices
+// interleaved sets of partial rows per coefficient (4 running sums each), then the sets added in order.
+template <typename T>
+__device__ void finish_group(const CoeffSink<T>& sink, int64_t groups) {
+  constexpr int kSlices = kThreads / kCoeffGrads;
+  constexpr int kChains = 4;
+  __shared__ T slice_sums[kSlices][kCoeffGrads];
+  const int64_t g = blockIdx.x, blocks_y = gridDim.y, stride = groups * kCoeffGrads;
+  const int k = threadIdx.x % kCoeffGrads, slice = threadIdx.x / kCoeffGrads;
+  if (slice < kSlices) {
+    const T* p = sink.partials + g * kCoeffGrads + k;
+    T chain[kChains];
+#pragma unroll
+    for (int c = 0; c < kChains; ++c) chain[c] = T(0);
+    int64_t b = slice;
+    for (; b + (kChains - 1) * kSlices < blocks_y; b += kChains * kSlices) {
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) chain[c] += __ldcg(p + (b + c * kSlices) * stride);
+    }
+    for (; b < blocks_y; b += kSlices) chain[0] += __ldcg(p + b * stride);
+    slice_sums[slice][k] = (chain[0] + chain[1]) + (chain[2] + chain[3]);
+  }
+  __syncthreads();
+  if (threadIdx.x < kCoeffGrads) {
+    T total = slice_sums[0][k];
+    for (int s = 1; s < kSlices; ++s) total += slice_sums[s][k];
+    if (k < kNumerator) {
+      sink.per_group[g * kNumerator + k] = total;
+    } else {
+      const int64_t i = g * kDenominator + (k - kNumerator);
+      sink.d_den[i] = (sink.wd[i] < T(0) ? T(-1) : T(1)) * total;  // d|b|/db = sign(b), sign(0) = +1
+    }
+  }
+  if (arrive_last(sink.counters + groups, static_cast<unsigned int>(groups)) && threadIdx.x < kNumerator) {
+    T s = T(0);
+    for (int64_t gi = 0; gi < groups; ++gi) s += __ldcg(sink.per_group + gi * kNumerator + threadIdx.x);
+    sink.d_num[threadIdx.x] = s;
+  }
+}
+#endif
+
+template <typename T>
+__device__ __forceinline__ void store_block_partials(T* acc, const CoeffSink<T>& sink, int64_t groups) {
   block_reduce(acc);
   if (threadIdx.x == 0) {
-    T* out = partials + (static_cast<int64_t>(blockIdx.y) * groups + blockIdx.x) * kCoeffGrads;
+    T* out = sink.partials + (static_cast<int64_t>(blockIdx.y) * groups + blockIdx.x) * kCoeffGrads;
 #pragma unroll
     for (int k = 0; k < kCoeffGrads; ++k) out[k] = acc[k];
   }
+#if MMKAT_FUSED_REDUCE
+  if (arrive_last(sink.counters + blockIdx.x, gridDim.y)) finish_group(sink, groups);
+#endif
 }
 
 // grad_t: dy's type (scalar_t, or bfloat16 / float16 for a float32 x: the gradient of a half-precision matmul
@@ -269,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, kBias ? kMinBlocksBias : kMinBlocks)
                                                             scalar_t* __restrict__ dx,
                                                             const at::opmath_type<scalar_t>* __restrict__ wn,
                                                             const at::opmath_type<scalar_t>* __restrict__ wd,
-                                                            at::opmath_type<scalar_t>* __restrict__ partials,
+                                                            CoeffSink<at::opmath_type<scalar_t>> sink,
                                                             const at::opmath_type<scalar_t>* __restrict__ bias,
                                                             at::opmath_type<scalar_t>* __restrict__ bias_partials,
                                                             Layout L) {
@@ -353,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, kBias ? kMinBlocksBias : kMinBlocks)
       bias_partials[static_cast<int64_t>(blockIdx.y) * L.channels + g * L.d + c] = s;
     }
   }
-  store_block_partials(acc, partials, L.groups);
+  store_block_partials(acc, sink, L.groups);
 }
 
 // The vectorized kernels with their loads issued ahead ("ahead" kernels). A block's threads walk the group's
@@ -457,7 +533,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel_ahead(co
                                                                   scalar_t* __restrict__ dx,
                                                                   const at::opmath_type<scalar_t>* __restrict__ wn,
                                                                   const at::opmath_type<scalar_t>* __restrict__ wd,
-                                                                  at::opmath_type<scalar_t>* __restrict__ partials,
+                                                                  CoeffSink<at::opmath_type<scalar_t>> sink,
                                                                   Layout L) {
   using T = at::opmath_type<scalar_t>;
   using V = Vec<scalar_t, VEC>;
@@ -485,9 +561,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel_ahead(co
                      }
                      store_vec(dx + static_cast<int64_t>(off) * VEC, out);
                    });
-  store_block_partials(acc, partials, L.groups);
+  store_block_partials(acc, sink, L.groups);
 }
 
+#if !MMKAT_FUSED_REDUCE
 // The coefficient gradients from the per-block partials [blocks_y, groups, 10], one block of kThreads threads.
 // Each pass covers up to kThreads outputs (group x coefficient); the threads of a pass split the partials' rows
 // into `slices` interleaved sets, each thread summing its set with kChains independent running sums (their loads
@@ -541,6 +618,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
     d_den[i] = (wd[i] < T(0) ? T(-1) : T(1)) * per_group[g * kCoeffGrads + kNumerator + j];
   }
 }
+#endif
 
 // kVecBytes-wide vectors when a group's segment is a whole number of them and every buffer is aligned.
 Layout make_layout(const at::Tensor& x, int64_t groups, std::initializer_list<const void*> buffers) {
@@ -730,37 +808,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(const a
     if (d_bias.defined()) d_bias.zero_();
   } else {
     const dim3 grid = make_grid(L, x.get_device());
-    // One scratch allocation: the per-block partials [grid.y, groups, 10], the per-group sums [groups, 10], then
-    // with a bias the per-block channel sums [grid.y, C].
+    // One scratch allocation: the per-block partials [grid.y, groups, 10], the per-group sums [groups, 10], with a
+    // bias the per-block channel sums [grid.y, C], then (fused reduction) the blocks' counters, groups + 1
+    // unsigned ints in as many math-type elements, zeroed here.
     const int64_t partial_count = static_cast<int64_t>(grid.y) * groups * kCoeffGrads;
+    const int64_t bias_offset = partial_count + groups * kCoeffGrads;
     const int64_t bias_count = bias != nullptr ? static_cast<int64_t>(grid.y) * L.channels : 0;
-    auto scratch = at::empty({partial_count + groups * kCoeffGrads + bias_count}, wn.options());
+    const int64_t counter_offset = bias_offset + bias_count;
+    const int64_t counter_count = kFusedReduce ? groups + 1 : 0;
+    auto scratch = at::empty({counter_offset + counter_count}, wn.options());
     auto stream = c10::cuda::getCurrentCUDAStream();
+    if constexpr (kFusedReduce) {
+      char* counters = static_cast<char*>(scratch.mutable_data_ptr()) + counter_offset * scratch.element_size();
+      C10_CUDA_CHECK(cudaMemsetAsync(counters, 0, counter_count * sizeof(unsigned int), stream));
+    }
     auto launch = [&](auto x_tag, auto grad_tag) {
-      using scalar_t = decltype(x_tag);
+      using x_t = decltype(x_tag);
       using grad_t = decltype(grad_tag);
-      using T = at::opmath_type<scalar_t>;
-      T* partials = scratch.mutable_data_ptr<T>();
-      with_vec<scalar_t>(L.vec, [&](auto vec) {
+      using T = at::opmath_type<x_t>;
+      T* base = scratch.mutable_data_ptr<T>();
+      const CoeffSink<T> sink{base, reinterpret_cast<unsigned int*>(base + counter_offset), base + partial_count,
+                              wd.const_data_ptr<T>(), d_num.mutable_data_ptr<T>(), d_den.mutable_data_ptr<T>()};
+      with_vec<x_t>(L.vec, [&](auto vec) {
         constexpr int kVec = decltype(vec)::value;
         if (bias != nullptr) {
-          backward_kernel<scalar_t, grad_t, kVec, true><<<grid, kThreads, 0, stream>>>(
-              dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-              wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials, bc.const_data_ptr<T>(),
-              partials + partial_count + groups * kCoeffGrads, L);
+          backward_kernel<x_t, grad_t, kVec, true><<<grid, kThreads, 0, stream>>>(
+              dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<x_t>(), dx.mutable_data_ptr<x_t>(),
+              wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), sink, bc.const_data_ptr<T>(), base + bias_offset, L);
           return;
         }
         if constexpr (kStages >= 2 && kVec > 1) {
           if (vector_offsets_fit(L, grid)) {
-            backward_kernel_ahead<scalar_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
-                dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-                wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials, L);
+            backward_kernel_ahead<x_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
+                dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<x_t>(), dx.mutable_data_ptr<x_t>(),
+                wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), sink, L);
             return;
           }
         }
-        backward_kernel<scalar_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
-            dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), partials, nullptr, nullptr, L);
+        backward_kernel<x_t, grad_t, kVec><<<grid, kThreads, 0, stream>>>(
+            dyc.const_data_ptr<grad_t>(), xc.const_data_ptr<x_t>(), dx.mutable_data_ptr<x_t>(),
+            wn.const_data_ptr<T>(), wd.const_data_ptr<T>(), sink, nullptr, nullptr, L);
       });
     };
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_rational_backward_cuda", [&] {
@@ -773,15 +860,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(const a
         launch(scalar_t{}, scalar_t{});
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      T* partials = scratch.mutable_data_ptr<T>();
-      reduce_kernel<T><<<1, kThreads, 0, stream>>>(partials, grid.y, groups, wd.const_data_ptr<T>(),
-                                                   partials + partial_count,
+      T* base = scratch.mutable_data_ptr<T>();
+#if !MMKAT_FUSED_REDUCE
+      reduce_kernel<T><<<1, kThreads, 0, stream>>>(base, grid.y, groups, wd.const_data_ptr<T>(), base + partial_count,
                                                    d_num.mutable_data_ptr<T>(), d_den.mutable_data_ptr<T>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
       if (bias != nullptr) {
         const auto blocks = static_cast<unsigned>((L.channels + kThreads - 1) / kThreads);
-        bias_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(partials + partial_count + groups * kCoeffGrads,
-                                                               grid.y, L.channels, d_bias.mutable_data_ptr<T>());
+        bias_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(base + bias_offset, grid.y, L.channels,
+                                                               d_bias.mutable_data_ptr<T>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });

@@ -156,10 +156,12 @@ def test_extension_names_its_cuda_build_options(setup_module):
         assert build == ''
 
 
-@pytest.mark.parametrize('stages', ['3', '0'])
-def test_load_stages_builds_compile(setup_module, tmp_path, stages):
-    """MMKAT_LOAD_STAGES=3 (the default: the "ahead" kernels on the vectorized paths) and 0 (the plain kernels only)
-    compile for sm_90 and hold the kernels they should (read from the object's machine code)."""
+@pytest.mark.parametrize('stages,fused', [('3', '0'), ('3', '1'), ('0', '0')])
+def test_load_stages_builds_compile(setup_module, tmp_path, stages, fused):
+    """The default build (MMKAT_LOAD_STAGES=3: the "ahead" kernels on the vectorized paths; the coefficient gradients
+    summed by the separate reduce_kernel), the same with MMKAT_FUSED_REDUCE=1 (summed by the backward's last blocks)
+    and the plain kernels only compile for sm_90 and hold the kernels they should (read from the object's machine
+    code)."""
     import sysconfig
 
     from torch.utils import cpp_extension
@@ -180,11 +182,14 @@ def test_load_stages_builds_compile(setup_module, tmp_path, stages):
     source = os.path.join(ROOT, 'csrc', 'group_rational_cuda.cu')
     cmd = [nvcc, '-c', source, '-o', obj, *cpp_extension.COMMON_NVCC_FLAGS, '-O3', '-std=c++20',
            '-gencode=arch=compute_90,code=sm_90', '-DTORCH_API_INCLUDE_EXTENSION_H', '-DTORCH_EXTENSION_NAME=_C',
-           f'-DMMKAT_LOAD_STAGES={stages}', '--compiler-options', '-fPIC']
+           f'-DMMKAT_LOAD_STAGES={stages}', f'-DMMKAT_FUSED_REDUCE={fused}', '--compiler-options', '-fPIC']
     cmd += [f'-I{path}' for path in includes]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    found = {(r['kernel'], r['dtype'], r['vec']) for r in tool.analyse(tool.disassemble(obj, '90'), 1)}
+    kernels = tool.disassemble(obj, '90')
+    found = {(r['kernel'], r['dtype'], r['vec']) for r in tool.analyse(kernels, 1)}
+    separate_reduce = any('13reduce_kernel' in name for name in kernels)  # (not bias_reduce_kernel)
+    assert separate_reduce == (fused == '0')
     ahead = {(kernel, dtype, vec) for kernel in ('forward_ahead', 'backward_ahead')
              for dtype, vec in (('bf16', 8), ('fp16', 8), ('fp32', 4), ('fp64', 2))}
     if stages == '0':

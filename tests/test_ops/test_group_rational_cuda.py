@@ -228,7 +228,7 @@ def test_cuda_half_precision_far_test_from_just_above_the_threshold(dtype):
 
 
 # F(x + bias): the kBias kernels (one row segment per thread), the fallback past 256 vectors per row segment
-# ([3, 8 * 2560] in bf16: 320), many groups (reduce_kernel's passes), the scalar path (C = 9, 3 groups).
+# ([3, 8 * 2560] in bf16: 320), many groups (32), the scalar path (C = 9, 3 groups).
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize('shape,groups', [((7, 24), 8), ((4, 197, 48), 8), ((8, 197, 1536), 8), ((11, 9), 3),
                                           ((3, 8 * 2560), 8), ((300, 32 * 24), 32)])
