@@ -480,6 +480,9 @@ def main(argv=None):
                         help="KAT with rational=dict(recompute=False): act1's output kept for backward")
     parser.add_argument('--fold-bias', action='store_true',
                         help="KAT with rational=dict(fold_bias=True): fc1's bias added inside act2")
+    parser.add_argument('--build-label', metavar='TEXT',
+                        help="what build of mmkat._C this is, recorded as the run's settings.kernels "
+                             '(benchmarks/build_ab.py sets it)')
     parser.add_argument('--profile', action='store_true', help='also report GPU kernel time vs wall time per step')
     parser.add_argument('--top-kernels', type=int, default=0, help='with --profile: list the N costliest kernels')
     parser.add_argument('--host', action='store_true', help='measure host overhead on the CPU instead')
@@ -528,7 +531,8 @@ def main(argv=None):
     run = new_run(command, device, date=started, rows=rows,
                   settings=dict(settings, device=device.type, batch_size=args.batch_size, img_size=args.img_size,
                                 dtype=args.dtype, **({'recompute': False} if args.no_recompute else {}),
-                                **({'fold_bias': True} if args.fold_bias else {})))
+                                **({'fold_bias': True} if args.fold_bias else {}),
+                                **({'kernels': args.build_label} if args.build_label else {})))
     if args.out:
         save(parser, args.out, run, SPEED_BENCHMARK)
     if args.chart:

@@ -41,6 +41,9 @@ def parse_args():
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--out', metavar='FILE',
                    help='data file the run is appended to (created if missing; earlier runs are kept)')
+    p.add_argument('--build-label', metavar='TEXT',
+                   help="what build of mmkat._C this is, recorded as the run's settings.kernels "
+                        '(benchmarks/build_ab.py sets it)')
     p.add_argument('--markdown', action='store_true', help='also print the table in Markdown (for README)')
     p.add_argument('--fused-forward', action='store_true',
                    help='also time torch.compile(LayerNorm -> activation) for GELU, the op and its bare direct formula')
@@ -259,6 +262,8 @@ def main():
         settings = dict(device=device.type, threads=torch.get_num_threads() if device.type == 'cpu' else None,
                         shapes=args.shapes, dtypes=args.dtypes, impls=args.impls, groups=args.groups, reps=args.reps,
                         warmup=args.warmup)
+        if args.build_label:
+            settings['kernels'] = args.build_label
         run = new_run(command, device, date=started, settings=settings, copy_bandwidth_bytes_per_s=bandwidth,
                       rows=rows)
         if fused is not None:

@@ -39,9 +39,11 @@ def test_models_modes_data_file_and_chart(tmp_path, capsys):
     assert run['machine'] == cpu_name() and run['versions']['torch'] and run['date']
     assert run['settings']['batch_size'] == 2 and len(run['rows']) == 6
 
-    benchmark.main(SPEED_ARGS + ['--models', 'vit', 'kat', '--out', str(out)])  # appended, the first run kept
-    saved = load_results(str(out))
+    assert 'kernels' not in run['settings']
+    benchmark.main(SPEED_ARGS + ['--models', 'vit', 'kat', '--out', str(out), '--build-label', 'b: default build'])
+    saved = load_results(str(out))  # appended, the first run kept
     assert saved['runs'][0] == run and len(saved['runs'][1]['rows']) == 4
+    assert saved['runs'][1]['settings']['kernels'] == 'b: default build'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['speed.json', 'speed.png']  # no second file
 
     capsys.readouterr()
