@@ -4,8 +4,8 @@
 // torch.library.opcheck handle them. Where each piece is registered:
 //   * the schemas and the CPU kernels: here (the kernels live in group_rational_cpu.cpp);
 //   * the CUDA kernels: group_rational_cuda.cu (compiled only when a CUDA toolkit was found);
-//   * the autograd kernels of group_rational_forward, group_rational_bias_forward and group_rational_linear:
-//     group_rational_autograd.cpp;
+//   * the autograd kernels of group_rational_forward, group_rational_forward_to, group_rational_bias_forward
+//     and group_rational_linear: group_rational_autograd.cpp;
 //   * group_rational_linear below autograd (no gradient wanted, meta and fake tensors): here, composed of
 //     group_rational_forward_to and aten::linear;
 //   * the fake (meta) kernels used by torch.compile: mmkat/ops/rational.py.

@@ -1,5 +1,5 @@
-// mmkat: the autograd kernels of mmkat::group_rational_forward, mmkat::group_rational_bias_forward and
-// mmkat::group_rational_linear, in C++.
+// mmkat: the autograd kernels of mmkat::group_rational_forward, mmkat::group_rational_forward_to,
+// mmkat::group_rational_bias_forward and mmkat::group_rational_linear, in C++.
 //
 // Registered at the Autograd dispatch key, so that a differentiable call costs one trip through the
 // dispatcher, as a native activation does: no Python frame on the way in (forward) or out (backward).
@@ -72,6 +72,55 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
             ctx->needs_input_grad(2) ? d_den : at::Tensor(), at::Tensor()};
   }
 };
+
+using ForwardToSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, at::ScalarType);
+
+const c10::TypedOperatorHandle<ForwardToSig>& forward_to_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
+                             .typed<ForwardToSig>();
+  return op;
+}
+
+// F(x) written in `dtype` (e.g. act1's fp32 input, its output in the autocast dtype fc1 computes in): the backward
+// hands dy, in that dtype, to mmkat::group_rational_backward as it is (the CUDA kernel reads a bfloat16 / float16
+// dy of a float32 x directly; otherwise it is converted to x's type, as the backward of a cast would), so no
+// converted copy of dy is made.
+class GroupRationalToFunction : public torch::autograd::Function<GroupRationalToFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
+                            const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor y = forward_to_op().call(x, weight_numerator, weight_denominator, groups, dtype);
+    ctx->save_for_backward({x, weight_numerator, weight_denominator});
+    ctx->saved_data["groups"] = groups;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    at::Tensor dy = grad_outputs[0];
+    if (!dy.defined()) dy = at::zeros_like(saved[0]);
+    refuse_double_backward("mmkat::group_rational_forward_to");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [dx, d_num, d_den] = backward_op().call(dy, saved[0], saved[1], saved[2], groups);
+    return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_num : at::Tensor(),
+            ctx->needs_input_grad(2) ? d_den : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor group_rational_forward_to_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
+                                              const at::Tensor& weight_denominator, int64_t groups,
+                                              at::ScalarType dtype) {
+  const bool record = at::GradMode::is_enabled() &&
+                      (x.requires_grad() || weight_numerator.requires_grad() || weight_denominator.requires_grad());
+  if (!record) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_to_op().call(x, weight_numerator, weight_denominator, groups, dtype);
+  }
+  return GroupRationalToFunction::apply(x, weight_numerator, weight_denominator, groups, dtype);
+}
 
 using BiasForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 using BiasBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
@@ -226,6 +275,7 @@ at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor
 
 TORCH_LIBRARY_IMPL(mmkat, Autograd, m) {
   m.impl("group_rational_forward", &mmkat::group_rational_forward_autograd);
+  m.impl("group_rational_forward_to", &mmkat::group_rational_forward_to_autograd);
   m.impl("group_rational_linear", &mmkat::group_rational_linear_autograd);
   m.impl("group_rational_bias_forward", &mmkat::group_rational_bias_forward_autograd);
 }

@@ -441,6 +441,14 @@ def _compiled_call(x, weight_numerator, weight_denominator, groups):
     return _FORWARD_OP(x, weight_numerator, weight_denominator, groups)
 
 
+def _compiled_call_to(x, weight_numerator, weight_denominator, groups, dtype):
+    """F(x) written in ``dtype`` by the compiled op (one rounding from the math type), eager or traced; its backward
+    reads the gradient in ``dtype`` as it is. Inputs already checked."""
+    if torch.compiler.is_compiling():
+        _register_inductor_decomposition()
+    return _FORWARD_TO_OP(x, weight_numerator, weight_denominator, groups, dtype)
+
+
 def group_rational_compiled(x, weight_numerator, weight_denominator, groups):
     """The C++/CUDA kernels of mmkat._C; raises RuntimeError saying why when they are unavailable."""
     _check_inputs(x, weight_numerator, weight_denominator, groups)

@@ -128,10 +128,30 @@ def test_opcheck_new_ops():
     for dtype in (torch.float32, torch.float64):
         x, wn, wd = make_inputs((3, 5, 16), 8, dtype, seed=1)
         w, b = make_linear(16, 24, dtype, 'cpu', seed=2)
-        torch.library.opcheck(torch.ops.mmkat.group_rational_forward_to.default, (x, wn, wd, 8, torch.bfloat16))
+        leaves = [t.clone().requires_grad_() for t in (x, wn, wd)]
+        for out in (torch.bfloat16, dtype):  # with and without gradients (the autograd kernel, then the backend)
+            torch.library.opcheck(torch.ops.mmkat.group_rational_forward_to.default, (x, wn, wd, 8, out))
+            torch.library.opcheck(torch.ops.mmkat.group_rational_forward_to.default, (*leaves, 8, out))
         args = [t.clone().requires_grad_() for t in (x, wn, wd)] + [8] + [t.clone().requires_grad_() for t in (w, b)]
         for compute in (dtype, torch.bfloat16):
             torch.library.opcheck(torch.ops.mmkat.group_rational_linear.default, tuple(args) + (compute, ))
+
+
+@requires_ext
+def test_forward_to_gradients():
+    """forward_to's autograd kernel: gradcheck in float64, and for a bfloat16 result the gradients of the forward
+    followed by the cast, bitwise (the bf16 gradient read as it is equals its float32 copy)."""
+    x, wn, wd = make_inputs((2, 3, 16), 8, torch.float64, seed=9)
+    x, wd = (t + torch.where(t >= 0, 0.1, -0.1) for t in (x, wd))  # away from the kinks of |x| and |b| at 0
+    leaves = [t.clone().requires_grad_() for t in (x, wn, wd)]
+    assert torch.autograd.gradcheck(lambda *t: torch.ops.mmkat.group_rational_forward_to(*t, 8, torch.float64), leaves)
+    x, wn, wd = make_inputs((4, 9, 64), 8, torch.float32, seed=10)
+    _, g = grads(lambda *t: torch.ops.mmkat.group_rational_forward_to(*t, 8, torch.bfloat16), (x, wn, wd))
+    _, g_ref = grads(lambda *t: torch.ops.mmkat.group_rational_forward(*t, 8).bfloat16(), (x, wn, wd))
+    assert all(torch.equal(a, b) for a, b in zip(g, g_ref))
+    with pytest.raises(RuntimeError, match='group_rational_forward_to has no double backward'):
+        y = torch.ops.mmkat.group_rational_forward_to(*leaves, 8, torch.float64)
+        (gx, ) = torch.autograd.grad(y.sum(), leaves[:1], create_graph=True)
 
 
 @requires_ext
@@ -376,3 +396,83 @@ def test_compiled_block_checkpoints_only_where_it_is_not_observable(monkeypatch)
     assert not KATBlock(64, 2, rational=dict(recompute=False))._recompute_kan_input()
     assert not KATBlock(64, 2, drop=0.1)._recompute_kan_input()  # dropout between act1 and fc1 in training
     assert not KATBlock(64, 2, mlp='gelu')._recompute_kan_input()
+
+
+# ------------------------------------------------------------------- act1 writing fc1's dtype (forward_to)
+def act1_fc1_step(module, path, x, device):
+    """fc1 applied to act1's output by ``path`` ('cast': act1 -> drop1 -> fc1's autocast cast; 'to':
+    KAN.act1_for_fc1) under bf16 autocast: output, act1's output dtype, gradients of x and every parameter."""
+    module.zero_grad(set_to_none=True)
+    xi = x.clone().requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        a = module.drop1(module.act1(xi)) if path == 'cast' else module.act1_for_fc1(xi)
+        y = module.fc1(a)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y)
+    y.backward(dy)
+    return y.detach(), a.dtype, [xi.grad] + [p.grad for p in (module.act1.weight_numerator,
+                                                             module.act1.weight_denominator, module.fc1.weight)]
+
+
+@requires_ext
+@pytest.mark.parametrize('device', DEVICES)
+def test_act1_writes_the_dtype_fc1_computes_in_with_the_same_values(device):
+    """Under autocast act1 writes bf16 itself (mmkat::group_rational_forward_to, whose backward reads the bf16
+    gradient as it is): bitwise the output and the gradients of act1 -> fc1 cast by autocast."""
+    module = kan_pair()[0].to(device)
+    x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(8)).to(device) * 2
+    y_ref, dtype_ref, g_ref = act1_fc1_step(module, 'cast', x, device)
+    y, dtype, g = act1_fc1_step(module, 'to', x, device)
+    assert dtype_ref == torch.float32 and dtype == torch.bfloat16
+    assert torch.equal(y, y_ref)
+    assert all(torch.equal(a, b) for a, b in zip(g, g_ref))
+
+
+@requires_ext
+def test_act1_keeps_its_own_dtype_where_the_cast_would_show():
+    module = kan_pair()[0]
+    x = torch.randn(2, 5, 64)
+    assert module.act1_for_fc1(x).dtype == torch.float32  # no autocast: fc1 computes in float32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert module.act1_for_fc1(x).dtype == torch.bfloat16
+        assert module.act1_for_fc1(x.double()).dtype == torch.float64  # autocast leaves float64 alone
+        assert module.act1_for_fc1(x.bfloat16()).dtype == torch.bfloat16
+        handle = module.fc1.register_forward_pre_hook(lambda *a: None)
+        assert module.act1_for_fc1(x).dtype == torch.float32  # fc1's hook sees the input it would have seen
+        handle.remove()
+        dropped = KAN(64, 256, drop=0.1)
+        assert dropped.act1_for_fc1(x).dtype == torch.float32  # dropout acts on act1's float32 output
+        assert dropped.eval().act1_for_fc1(x).dtype == torch.bfloat16
+        with pytest.raises(ValueError, match=r'expected an input of shape \(\.\.\., 64\), got \(2, 5, 32\)'):
+            module.act1_for_fc1(x[..., :32])
+
+
+@requires_ext
+def test_compiled_block_hands_act1s_backward_the_bf16_gradient():
+    """Compiled for training under bf16 autocast, both rational backward calls of a KAT block read bf16
+    gradients: act1's is not first converted to float32."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+
+    import mmkat.ops.rational as gr
+    from mmkat.models.layers.block import KATBlock
+    block = KATBlock(64, 2)
+    seen = []
+
+    def backward_compiler(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if node.target is torch.ops.mmkat.group_rational_backward.default:
+                seen.append((node.args[0].meta['val'].dtype, node.args[1].meta['val'].dtype))
+        return gm
+
+    gr._register_inductor_decomposition()
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=lambda gm, example_inputs: gm, bw_compiler=backward_compiler,
+                           decompositions=select_decomp_table(), partition_fn=min_cut_rematerialization_partition)
+    x = torch.randn(4, 10, 64, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = torch.compile(block, backend=backend, fullgraph=True)(x, (2, 5))
+    y.float().sum().backward()
+    torch._dynamo.reset()
+    # act2: bf16 gradient of its bf16 input; act1: bf16 gradient of its float32 input (norm2's output)
+    assert sorted(seen, key=str) == [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32)]

@@ -108,7 +108,7 @@ class KATBlock(nn.Module):
 
     def _kan_hidden(self, x: torch.Tensor, fold: bool) -> torch.Tensor:
         mlp = self.mlp
-        return mlp.fc1_without_bias(mlp.act1(self.norm2(x)), fold)
+        return mlp.fc1_without_bias(mlp.act1_for_fc1(self.norm2(x)), fold)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid))

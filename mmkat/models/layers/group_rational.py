@@ -70,13 +70,17 @@ class GroupRational(nn.Module):
             self.weight_numerator.copy_(torch.tensor([numerator]))
             self.weight_denominator.copy_(torch.tensor([denominator]).expand(self.groups, -1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError naming the shape when ``x`` does not have this module's channels (a multiple of groups)."""
         if self.num_channels is not None and (x.dim() < 1 or x.shape[-1] != self.num_channels):
             raise ValueError(f'GroupRational: expected an input of shape (..., {self.num_channels}), got '
                              f'{tuple(x.shape)}')
         if x.dim() >= 1 and x.shape[-1] % self.groups:
             raise ValueError(f'GroupRational: the last dimension of the input (C = {x.shape[-1]}, shape '
                              f'{tuple(x.shape)}) must be divisible by groups = {self.groups}')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         if x.device.type in self._op_devices:
             return _rational._compiled_call(x, self.weight_numerator, self.weight_denominator, self.groups)
         return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self._impl)

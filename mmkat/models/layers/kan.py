@@ -95,6 +95,23 @@ class KAN(nn.Module):
                 and self.fc1.bias is not None and x.device.type in self.act2._op_devices
                 and not torch.jit.is_tracing() and not _hooked(self.fc1, self.act2))
 
+    def act1_for_fc1(self, x: torch.Tensor) -> torch.Tensor:
+        """act1 -> drop1, for fc1. Where fc1 casts a float32 input to the autocast dtype (bfloat16 / float16) and
+        nothing can tell (act1 a GroupRational and fc1 an nn.Linear, drop1 inactive, no hooks on them nor global
+        module hooks, the compiled op on x's device, not TorchScript tracing), act1 writes its output in that dtype
+        itself (``mmkat::group_rational_forward_to``): the same values as the cast, and the gradient reaches
+        act1's backward in that dtype without a converted float32 copy (under torch.compile, one pass fewer)."""
+        act1 = self.act1
+        if (x.dtype == torch.float32 and type(act1) is GroupRational and type(self.fc1) is nn.Linear
+                and (self.drop1.p == 0. or not self.training) and x.device.type in act1._op_devices
+                and not torch.jit.is_tracing() and not _hooked(act1, self.drop1, self.fc1)):
+            dtype = _rational.linear_dtype(x)
+            if dtype in (torch.bfloat16, torch.float16):
+                act1.check_input(x)
+                return _rational._compiled_call_to(x, act1.weight_numerator, act1.weight_denominator, act1.groups,
+                                                   dtype)
+        return self.drop1(act1(x))
+
     def fc1_without_bias(self, x: torch.Tensor, fold: bool) -> torch.Tensor:
         """fc1, without its bias where ``fold`` (act2 adds it)."""
         return F.linear(x, self.fc1.weight) if fold else self.fc1(x)
@@ -114,7 +131,7 @@ class KAN(nn.Module):
             x = _rational._LINEAR_OP(x, act1.weight_numerator, act1.weight_denominator, act1.groups, fc1.weight,
                                      None if fold else fc1.bias, _rational.linear_dtype(x))
         else:
-            x = self.fc1_without_bias(self.drop1(self.act1(x)), fold)
+            x = self.fc1_without_bias(self.act1_for_fc1(x), fold)
         return self.fc2(self.drop2(self.act2_with_bias(x, fold)))
 
     def extra_repr(self) -> str:
