@@ -49,27 +49,48 @@ void refuse_double_backward(const char* op) {
               "impl='reference' for higher-order gradients.");
 }
 
+// Whether a call records a graph node: grad mode is on and one of the tensors asks for a gradient.
+template <typename... Tensors>
+bool records(const Tensors&... tensors) {
+  return at::GradMode::is_enabled() && (tensors.requires_grad() || ...);
+}
+
+// The forward and backward of the ops whose gradient is mmkat::group_rational_backward's (group_rational_forward,
+// group_rational_forward_to): the node keeps x and the coefficients; `trailing` is the number of non-tensor
+// arguments after them (groups, dtype), which get no gradient.
+void save_for_rational_backward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
+                                const at::Tensor& weight_denominator, int64_t groups) {
+  ctx->save_for_backward({x, weight_numerator, weight_denominator});
+  ctx->saved_data["groups"] = groups;
+}
+
+variable_list rational_backward(AutogradContext* ctx, const variable_list& grad_outputs, const char* op,
+                                size_t trailing) {
+  const variable_list saved = ctx->get_saved_variables();
+  const int64_t groups = ctx->saved_data["groups"].toInt();
+  at::Tensor dy = grad_outputs[0];
+  if (!dy.defined()) dy = at::zeros_like(saved[0]);
+  refuse_double_backward(op);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto [dx, d_num, d_den] = backward_op().call(dy, saved[0], saved[1], saved[2], groups);
+  variable_list grads{ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_num : at::Tensor(),
+                      ctx->needs_input_grad(2) ? d_den : at::Tensor()};
+  grads.resize(3 + trailing);
+  return grads;
+}
+
 class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
                             const at::Tensor& weight_denominator, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor y = forward_op().call(x, weight_numerator, weight_denominator, groups);
-    ctx->save_for_backward({x, weight_numerator, weight_denominator});
-    ctx->saved_data["groups"] = groups;
+    save_for_rational_backward(ctx, x, weight_numerator, weight_denominator, groups);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list saved = ctx->get_saved_variables();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    at::Tensor dy = grad_outputs[0];
-    if (!dy.defined()) dy = at::zeros_like(saved[0]);
-    refuse_double_backward("mmkat::group_rational_forward");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [dx, d_num, d_den] = backward_op().call(dy, saved[0], saved[1], saved[2], groups);
-    return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_num : at::Tensor(),
-            ctx->needs_input_grad(2) ? d_den : at::Tensor(), at::Tensor()};
+    return rational_backward(ctx, grad_outputs, "mmkat::group_rational_forward", 1);
   }
 };
 
@@ -92,30 +113,19 @@ class GroupRationalToFunction : public torch::autograd::Function<GroupRationalTo
                             const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor y = forward_to_op().call(x, weight_numerator, weight_denominator, groups, dtype);
-    ctx->save_for_backward({x, weight_numerator, weight_denominator});
-    ctx->saved_data["groups"] = groups;
+    save_for_rational_backward(ctx, x, weight_numerator, weight_denominator, groups);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const variable_list saved = ctx->get_saved_variables();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    at::Tensor dy = grad_outputs[0];
-    if (!dy.defined()) dy = at::zeros_like(saved[0]);
-    refuse_double_backward("mmkat::group_rational_forward_to");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [dx, d_num, d_den] = backward_op().call(dy, saved[0], saved[1], saved[2], groups);
-    return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? d_num : at::Tensor(),
-            ctx->needs_input_grad(2) ? d_den : at::Tensor(), at::Tensor(), at::Tensor()};
+    return rational_backward(ctx, grad_outputs, "mmkat::group_rational_forward_to", 2);
   }
 };
 
 at::Tensor group_rational_forward_to_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
                                               const at::Tensor& weight_denominator, int64_t groups,
                                               at::ScalarType dtype) {
-  const bool record = at::GradMode::is_enabled() &&
-                      (x.requires_grad() || weight_numerator.requires_grad() || weight_denominator.requires_grad());
-  if (!record) {
+  if (!records(x, weight_numerator, weight_denominator)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_to_op().call(x, weight_numerator, weight_denominator, groups, dtype);
   }
@@ -170,10 +180,7 @@ class GroupRationalBiasFunction : public torch::autograd::Function<GroupRational
 at::Tensor group_rational_bias_forward_autograd(const at::Tensor& x, const at::Tensor& bias,
                                                 const at::Tensor& weight_numerator,
                                                 const at::Tensor& weight_denominator, int64_t groups) {
-  const bool record = at::GradMode::is_enabled() && (x.requires_grad() || bias.requires_grad() ||
-                                                     weight_numerator.requires_grad() ||
-                                                     weight_denominator.requires_grad());
-  if (!record) {
+  if (!records(x, bias, weight_numerator, weight_denominator)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return bias_forward_op().call(x, bias, weight_numerator, weight_denominator, groups);
   }
@@ -261,9 +268,7 @@ at::Tensor group_rational_linear_autograd(const at::Tensor& x, const at::Tensor&
 
 at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
                                            const at::Tensor& weight_denominator, int64_t groups) {
-  const bool record = at::GradMode::is_enabled() &&
-                      (x.requires_grad() || weight_numerator.requires_grad() || weight_denominator.requires_grad());
-  if (!record) {
+  if (!records(x, weight_numerator, weight_denominator)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op().call(x, weight_numerator, weight_denominator, groups);
   }

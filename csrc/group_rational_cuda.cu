@@ -249,6 +249,24 @@ __device__ __forceinline__ void block_reduce(T* vals) {
   }
 }
 
+// The sum of load(i) over i = first, first + step, ... < end in a fixed order: kChains running sums, each over
+// every kChains-th term (their loads are in flight together), then added in order.
+template <int kChains, typename T, typename Load>
+__device__ __forceinline__ T chained_sum(int64_t first, int64_t step, int64_t end, Load&& load) {
+  T chain[kChains];
+#pragma unroll
+  for (int c = 0; c < kChains; ++c) chain[c] = T(0);
+  int64_t i = first;
+  for (; i + (kChains - 1) * step < end; i += kChains * step) {
+#pragma unroll
+    for (int c = 0; c < kChains; ++c) chain[c] += load(i + c * step);
+  }
+  for (; i < end; i += step) chain[0] += load(i);
+#pragma unroll
+  for (int c = 1; c < kChains; ++c) chain[0] += chain[c];
+  return chain[0];
+}
+
 // Where a backward kernel's blocks leave their coefficient gradients. Each block adds its 10 sums (block_reduce)
 // and writes them as its partial [blockIdx.y, blockIdx.x (the group), 10]. By default reduce_kernel, launched
 // after, adds the partials. With MMKAT_FUSED_REDUCE=1 (an option, not yet run on a GPU) the blocks instead count
@@ -280,26 +298,17 @@ __device__ __forceinline__ bool arrive_last(unsigned int* counter, unsigned int 
 }
 
 // The last block of group g: the group's 10 sums over the gridDim.y partials, the threads split into kSlices
-// interleaved sets of partial rows per coefficient (4 running sums each), then the sets added in order.
+// interleaved sets of partial rows per coefficient (chained_sum, 4 running sums), then the sets added in order.
 template <typename T>
 __device__ void finish_group(const CoeffSink<T>& sink, int64_t groups) {
   constexpr int kSlices = kThreads / kCoeffGrads;
-  constexpr int kChains = 4;
   __shared__ T slice_sums[kSlices][kCoeffGrads];
   const int64_t g = blockIdx.x, blocks_y = gridDim.y, stride = groups * kCoeffGrads;
   const int k = threadIdx.x % kCoeffGrads, slice = threadIdx.x / kCoeffGrads;
   if (slice < kSlices) {
     const T* p = sink.partials + g * kCoeffGrads + k;
-    T chain[kChains];
-#pragma unroll
-    for (int c = 0; c < kChains; ++c) chain[c] = T(0);
-    int64_t b = slice;
-    for (; b + (kChains - 1) * kSlices < blocks_y; b += kChains * kSlices) {
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) chain[c] += __ldcg(p + (b + c * kSlices) * stride);
-    }
-    for (; b < blocks_y; b += kSlices) chain[0] += __ldcg(p + b * stride);
-    slice_sums[slice][k] = (chain[0] + chain[1]) + (chain[2] + chain[3]);
+    slice_sums[slice][k] =
+        chained_sum<4, T>(slice, kSlices, blocks_y, [&](int64_t b) { return __ldcg(p + b * stride); });
   }
   __syncthreads();
   if (threadIdx.x < kCoeffGrads) {
@@ -567,7 +576,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) backward_kernel_ahead(co
 #if !MMKAT_FUSED_REDUCE
 // The coefficient gradients from the per-block partials [blocks_y, groups, 10], one block of kThreads threads.
 // Each pass covers up to kThreads outputs (group x coefficient); the threads of a pass split the partials' rows
-// into `slices` interleaved sets, each thread summing its set with kChains independent running sums (their loads
+// into `slices` interleaved sets, each thread summing its set with 8 independent running sums (chained_sum: their loads
 // are in flight together), then one thread per output adds the slices' sums; then the numerator is summed over
 // groups and the denominator sums are multiplied by sign(b) (sign(0) = +1). Every order is fixed by the shape and
 // grid, so the result is bitwise reproducible.
@@ -576,7 +585,6 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
                                                           int64_t groups, const T* __restrict__ wd,
                                                           T* __restrict__ per_group,  // [groups, 10] scratch
                                                           T* __restrict__ d_num, T* __restrict__ d_den) {
-  constexpr int kChains = 8;
   __shared__ T slice_sums[kThreads];
   const int64_t outputs = groups * kCoeffGrads;
   const int64_t width = std::min<int64_t>(outputs, kThreads);  // outputs per pass
@@ -586,18 +594,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
     const int64_t o = first + column;
     T sum = T(0);
     if (slice < slices && o < outputs) {
-      T chain[kChains];
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) chain[c] = T(0);
-      int64_t b = slice;
-      for (; b + (kChains - 1) * slices < blocks_y; b += kChains * slices) {
-#pragma unroll
-        for (int c = 0; c < kChains; ++c) chain[c] += partials[(b + c * slices) * outputs + o];
-      }
-      for (; b < blocks_y; b += slices) chain[0] += partials[b * outputs + o];
-#pragma unroll
-      for (int c = 1; c < kChains; ++c) chain[0] += chain[c];
-      sum = chain[0];
+      sum = chained_sum<8, T>(slice, slices, blocks_y, [&](int64_t b) { return partials[b * outputs + o]; });
     }
     slice_sums[threadIdx.x] = sum;
     __syncthreads();
@@ -689,26 +686,14 @@ at::Tensor math_bias(const at::Tensor* bias, at::ScalarType math) {
   return reinterpret_cast<uintptr_t>(b.const_data_ptr()) % 16 == 0 ? b : b.clone();
 }
 
-// Per-channel sums of the [blocks_y, C] partials of the kBias backward, in a fixed order (kChains running sums
+// Per-channel sums of the [blocks_y, C] partials of the kBias backward, in a fixed order (chained_sum: 8 running sums
 // per channel, then added in order): d_bias [C] in the math type.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) bias_reduce_kernel(const T* __restrict__ partials, int64_t blocks_y,
                                                                int64_t channels, T* __restrict__ d_bias) {
-  constexpr int kChains = 8;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (c >= channels) return;
-  T chain[kChains];
-#pragma unroll
-  for (int i = 0; i < kChains; ++i) chain[i] = T(0);
-  int64_t b = 0;
-  for (; b + kChains <= blocks_y; b += kChains) {
-#pragma unroll
-    for (int i = 0; i < kChains; ++i) chain[i] += partials[(b + i) * channels + c];
-  }
-  for (; b < blocks_y; ++b) chain[0] += partials[b * channels + c];
-#pragma unroll
-  for (int i = 1; i < kChains; ++i) chain[0] += chain[i];
-  d_bias[c] = chain[0];
+  d_bias[c] = chained_sum<8, T>(0, 1, blocks_y, [&](int64_t b) { return partials[b * channels + c]; });
 }
 
 // The forward, its result in `dtype`: x's own type, or (x float32) bfloat16 / float16 written by the kernel;

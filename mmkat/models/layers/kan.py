@@ -78,12 +78,16 @@ class KAN(nn.Module):
         self.recompute = recompute
         self.fold_bias = fold_bias
 
-    def recomputes_act1(self) -> bool:
-        """Whether act1's output may be recomputed in backward instead of kept: ``recompute`` is on, act1 is a
-        GroupRational and fc1 an nn.Linear (not replacements), no dropout acts between them, and no hook
-        expects their calls."""
-        return (self.recompute and type(self.act1) is GroupRational and type(self.fc1) is nn.Linear
+    def _act1_fc1_unobserved(self) -> bool:
+        """Whether nothing can see act1's output on its way to fc1: act1 is a GroupRational and fc1 an nn.Linear
+        (not replacements), no dropout acts between them, and no hook expects their calls."""
+        return (type(self.act1) is GroupRational and type(self.fc1) is nn.Linear
                 and (self.drop1.p == 0. or not self.training) and not _hooked(self.act1, self.drop1, self.fc1))
+
+    def recomputes_act1(self) -> bool:
+        """Whether act1's output may be recomputed in backward instead of kept: ``recompute`` is on and nothing
+        can see act1's output on its way to fc1 (:meth:`_act1_fc1_unobserved`)."""
+        return self.recompute and self._act1_fc1_unobserved()
 
     def _fused(self, x: torch.Tensor) -> bool:
         return (x.device.type in self.act1._op_devices and x.dim() >= 1 and x.shape[-1] == self.fc1.in_features
@@ -102,9 +106,8 @@ class KAN(nn.Module):
         itself (``mmkat::group_rational_forward_to``): the same values as the cast, and the gradient reaches
         act1's backward in that dtype without a converted float32 copy (under torch.compile, one pass fewer)."""
         act1 = self.act1
-        if (x.dtype == torch.float32 and type(act1) is GroupRational and type(self.fc1) is nn.Linear
-                and (self.drop1.p == 0. or not self.training) and x.device.type in act1._op_devices
-                and not torch.jit.is_tracing() and not _hooked(act1, self.drop1, self.fc1)):
+        if (x.dtype == torch.float32 and self._act1_fc1_unobserved() and x.device.type in act1._op_devices
+                and not torch.jit.is_tracing()):
             dtype = _rational.linear_dtype(x)
             if dtype in (torch.bfloat16, torch.float16):
                 act1.check_input(x)
