@@ -154,7 +154,8 @@ def build_all(variants, prepared, jobs=None) -> None:
     if not todo:
         return
     jobs = jobs or os.environ.get('MAX_JOBS') or str(max(1, (os.cpu_count() or 1) // len(todo)))
-    env = {k: v for k, v in os.environ.items() if k not in kernel_knobs()}
+    knobs = kernel_knobs()
+    env = {k: v for k, v in os.environ.items() if k not in knobs}
     procs = []
     for v, p in todo:
         log = open(os.path.join(p['path'], 'build.log'), 'w')
