@@ -508,6 +508,8 @@ def linear_dtype(x: torch.Tensor) -> torch.dtype:
     device = x.device.type
     if x.dtype == torch.float64:
         return x.dtype
+    if device == 'cpu' or device == 'cuda':  # both have autocast (the common case first: this runs on every call)
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     # Dynamo cannot trace is_autocast_available in every torch version (2.11 breaks the graph there); a traced
     # call has an input on a device with mmkat kernels (CPU, CUDA), which both have autocast.
     if not torch.compiler.is_compiling() and not torch.amp.is_autocast_available(device):

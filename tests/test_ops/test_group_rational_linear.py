@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmkat.models.layers import KAN
+from mmkat.models.layers import KAN, GroupRational
 from mmkat.ops import extension_info, group_rational, group_rational_linear
 from .test_group_rational import COEF_TOL, TOL, make_inputs
 
@@ -234,6 +234,70 @@ def test_kan_takes_the_separate_calls_where_they_are_observable():
     plain.act1.use_impl('reference')  # the ONNX export path
     assert not plain._fused(x)
     assert 'recompute=True' in repr(fused_kan)
+
+
+def test_kan_runs_with_replaced_activations():
+    """act1 / act2 replaced by other modules (an ablation, a wrapper): KAN computes fc2(act2(fc1(act1(x)))) with
+    them, as written, on every path (this once failed in the fast-path check, which read act1's GroupRational
+    attributes before its type)."""
+    kan, _ = kan_pair()
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(3))
+    for name, replacement in (('act1', nn.Identity()), ('act2', nn.GELU())):
+        module, _ = kan_pair()
+        setattr(module, name, replacement)
+        assert module._fused(x) == (name == 'act2')  # act1 -> fc1 as one op only with act1 a GroupRational
+        with torch.no_grad():
+            expected = module.fc2(module.act2(module.fc1(module.act1(x))))
+            torch.testing.assert_close(module(x), expected, rtol=0, atol=0)
+    assert kan._fused(x)
+
+
+@pytest.mark.parametrize('p', [0., 0.5])
+def test_kan_skips_only_a_dropout_that_returns_its_input(p):
+    """drop2 is not called where it would return its input tensor itself (p = 0, or eval mode) and nothing hooks it;
+    an active dropout, or a hooked one, is called as written."""
+    module, _ = kan_pair(drop=p)
+    h = torch.randn(2, 5, 256, generator=torch.Generator().manual_seed(4))
+    for training in (True, False):
+        module.train(training)
+        torch.manual_seed(5)
+        expected = module.drop2(h)
+        torch.manual_seed(5)
+        out = module._drop2(h)
+        assert torch.equal(out, expected)
+        assert (out is h) == (p == 0. or not training)
+    calls = []
+    module.drop2.register_forward_hook(lambda *a: calls.append('drop2'))
+    module.train()
+    module(torch.randn(2, 5, 64))
+    assert calls == ['drop2']
+
+
+def test_group_rational_reads_coefficients_of_subclasses_and_parametrizations():
+    """The module's call reads its coefficients directly only when it is a plain GroupRational; a subclass or a
+    parametrized coefficient (torch.nn.utils.parametrize) is read through its attribute, as written."""
+    from torch.nn.utils import parametrize
+
+    class Halved(nn.Module):
+        def forward(self, w):
+            return w * 0.5
+
+    class Sub(GroupRational):
+        pass
+
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(6))
+    plain = GroupRational(8, 'swish', num_channels=64)
+    with torch.no_grad():
+        plain.weight_denominator.normal_(0, 0.5, generator=torch.Generator().manual_seed(7))
+    sub = Sub(8, 'swish', num_channels=64)
+    sub.load_state_dict(plain.state_dict())
+    halved = GroupRational(8, 'swish', num_channels=64)
+    halved.load_state_dict(plain.state_dict())
+    parametrize.register_parametrization(halved, 'weight_denominator', Halved())
+    with torch.no_grad():
+        assert torch.equal(sub(x), plain(x))
+        expected = group_rational(x, plain.weight_numerator, plain.weight_denominator * 0.5, 8, 'reference')
+        torch.testing.assert_close(halved(x), expected, rtol=1e-6, atol=1e-6)
 
 
 @requires_ext

@@ -72,16 +72,24 @@ class GroupRational(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """ValueError naming the shape when ``x`` does not have this module's channels (a multiple of groups)."""
-        if self.num_channels is not None and (x.dim() < 1 or x.shape[-1] != self.num_channels):
+        shape = x.shape
+        channels = shape[-1] if shape else None
+        if channels is not None and channels % self.groups == 0 and self.num_channels in (None, channels):
+            return  # the common case, in as few steps as possible: this runs on every call
+        if self.num_channels is not None and channels != self.num_channels:
             raise ValueError(f'GroupRational: expected an input of shape (..., {self.num_channels}), got '
-                             f'{tuple(x.shape)}')
-        if x.dim() >= 1 and x.shape[-1] % self.groups:
-            raise ValueError(f'GroupRational: the last dimension of the input (C = {x.shape[-1]}, shape '
-                             f'{tuple(x.shape)}) must be divisible by groups = {self.groups}')
+                             f'{tuple(shape)}')
+        if channels is not None:
+            raise ValueError(f'GroupRational: the last dimension of the input (C = {channels}, shape '
+                             f'{tuple(shape)}) must be divisible by groups = {self.groups}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if x.device.type in self._op_devices:
+            if type(self) is GroupRational:  # plain parameters (not parametrized): read without __getattr__
+                coefficients = self._parameters
+                return _rational._compiled_call(x, coefficients['weight_numerator'],
+                                                coefficients['weight_denominator'], self.groups)
             return _rational._compiled_call(x, self.weight_numerator, self.weight_denominator, self.groups)
         return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self._impl)
 

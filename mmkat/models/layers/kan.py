@@ -19,8 +19,10 @@ def _hooked(*modules: nn.Module) -> bool:
     if (_module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks
             or _module._global_backward_pre_hooks):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in modules)
+    for m in modules:  # a loop, not any(<generator>): this runs on every eager call
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return True
+    return False
 
 
 class KAN(nn.Module):
@@ -81,8 +83,12 @@ class KAN(nn.Module):
     def _act1_fc1_unobserved(self) -> bool:
         """Whether nothing can see act1's output on its way to fc1: act1 is a GroupRational and fc1 an nn.Linear
         (not replacements), no dropout acts between them, and no hook expects their calls."""
-        return (type(self.act1) is GroupRational and type(self.fc1) is nn.Linear
-                and (self.drop1.p == 0. or not self.training) and not _hooked(self.act1, self.drop1, self.fc1))
+        # Submodules read from _modules (nn.Module.__getattr__ costs about a microsecond a lookup, and this runs
+        # on every eager call).
+        modules = self._modules
+        act1, drop1, fc1 = modules['act1'], modules['drop1'], modules['fc1']
+        return (type(act1) is GroupRational and type(fc1) is nn.Linear and (drop1.p == 0. or not self.training)
+                and not _hooked(act1, drop1, fc1))
 
     def recomputes_act1(self) -> bool:
         """Whether act1's output may be recomputed in backward instead of kept: ``recompute`` is on and nothing
@@ -90,14 +96,19 @@ class KAN(nn.Module):
         return self.recompute and self._act1_fc1_unobserved()
 
     def _fused(self, x: torch.Tensor) -> bool:
-        return (x.device.type in self.act1._op_devices and x.dim() >= 1 and x.shape[-1] == self.fc1.in_features
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and self.recomputes_act1())
+        modules = self._modules
+        return (self.recompute and x.device.type in getattr(modules['act1'], '_op_devices', ())
+                and x.dim() >= 1 and x.shape[-1] == modules['fc1'].in_features and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and self._act1_fc1_unobserved())
 
     def folds_bias(self, x: torch.Tensor) -> bool:
         """Whether fc1's bias is added inside act2 for the input ``x`` (``fold_bias`` and its conditions)."""
-        return (self.fold_bias and type(self.act2) is GroupRational and type(self.fc1) is nn.Linear
-                and self.fc1.bias is not None and x.device.type in self.act2._op_devices
-                and not torch.jit.is_tracing() and not _hooked(self.fc1, self.act2))
+        if not self.fold_bias:
+            return False
+        modules = self._modules
+        act2, fc1 = modules['act2'], modules['fc1']
+        return (type(act2) is GroupRational and type(fc1) is nn.Linear and fc1.bias is not None
+                and x.device.type in act2._op_devices and not torch.jit.is_tracing() and not _hooked(fc1, act2))
 
     def act1_for_fc1(self, x: torch.Tensor) -> torch.Tensor:
         """act1 -> drop1, for fc1. Where fc1 casts a float32 input to the autocast dtype (bfloat16 / float16) and
@@ -130,12 +141,23 @@ class KAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fold = self.folds_bias(x)
         if self._fused(x):
-            act1, fc1 = self.act1, self.fc1
-            x = _rational._LINEAR_OP(x, act1.weight_numerator, act1.weight_denominator, act1.groups, fc1.weight,
-                                     None if fold else fc1.bias, _rational.linear_dtype(x))
+            modules = self._modules
+            act1, fc1 = modules['act1'], modules['fc1']
+            coefficients, linear = act1._parameters, fc1._parameters  # both plain modules (_fused checked)
+            x = _rational._LINEAR_OP(x, coefficients['weight_numerator'], coefficients['weight_denominator'],
+                                     act1.groups, linear['weight'], None if fold else linear['bias'],
+                                     _rational.linear_dtype(x))
         else:
             x = self.fc1_without_bias(self.act1_for_fc1(x), fold)
-        return self.fc2(self.drop2(self.act2_with_bias(x, fold)))
+        return self.fc2(self._drop2(self.act2_with_bias(x, fold)))
+
+    def _drop2(self, x: torch.Tensor) -> torch.Tensor:
+        """drop2, not called where it would return ``x`` itself unseen (an nn.Dropout with p = 0 or in eval mode
+        returns its input tensor, and makes no autograd node): a module call less per block."""
+        drop2 = self._modules['drop2']
+        if type(drop2) is nn.Dropout and (drop2.p == 0. or not drop2.training) and not _hooked(drop2):
+            return x
+        return drop2(x)
 
     def extra_repr(self) -> str:
         return f'recompute={self.recompute}, fold_bias={self.fold_bias}'
