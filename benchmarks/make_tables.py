@@ -161,10 +161,13 @@ def host_table(results) -> str:
                          f'{fb:.2f}' if fb is not None else '-', opt_cell,
                          pair(f"{calls[f'{a} forward']:.1f}" for a in ('GroupRational', 'GELU')),
                          pair(f"{calls[f'{a} forward+backward']:.1f}" for a in ('GroupRational', 'GELU')),
-                         pair(f"{calls[f'{a} forward, no grad']:.1f}" for a in ('GroupRational', 'GELU'))])
+                         pair(f"{calls[f'{a} forward, no grad']:.1f}" for a in ('GroupRational', 'GELU')),
+                         pair(f"{calls[f'{a} forward+backward']:.1f}" for a in ('KAN', 'MLP'))
+                         if 'KAN forward+backward' in calls else '-'])
     return table(['run', 'machine, tensors on', 'step KAT / ViT', 'step KAT / ViT, AdamW(fused=True)',
                   'forward + backward KAT / ViT', 'optimizer step KAT / ViT, AdamW / fused',
-                  'forward us, GroupRational / GELU', 'forward + backward us', 'forward without grad us'], rows)
+                  'forward us, GroupRational / GELU', 'forward + backward us', 'forward without grad us',
+                  'block forward + backward us, KAN / MLP'], rows)
 
 
 # ------------------------------------------------------------------------------ the op (tools/benchmark_op.py)

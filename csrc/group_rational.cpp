@@ -4,10 +4,10 @@
 // torch.library.opcheck handle them. Where each piece is registered:
 //   * the schemas and the CPU kernels: here (the kernels live in group_rational_cpu.cpp);
 //   * the CUDA kernels: group_rational_cuda.cu (compiled only when a CUDA toolkit was found);
-//   * the autograd kernels of group_rational_forward, group_rational_forward_to, group_rational_bias_forward
-//     and group_rational_linear: group_rational_autograd.cpp;
-//   * group_rational_linear below autograd (no gradient wanted, meta and fake tensors): here, composed of
-//     group_rational_forward_to and aten::linear;
+//   * the autograd kernels of group_rational_forward, group_rational_forward_to, group_rational_bias_forward,
+//     group_rational_linear and group_rational_kan: group_rational_autograd.cpp;
+//   * group_rational_linear and group_rational_kan below autograd (no gradient wanted, meta and fake tensors):
+//     here, composed of group_rational_forward_to, group_rational_forward and aten::linear;
 //   * the fake (meta) kernels used by torch.compile: mmkat/ops/rational.py.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
@@ -143,6 +143,23 @@ at::Tensor group_rational_linear_composite(const at::Tensor& x, const at::Tensor
   return at::linear(a, weight.to(dtype), b);
 }
 
+// group_rational_kan without autograd: a whole KAN block, linear(F2(linear(F1(x), w1, b1)), w2, b2), in `dtype`.
+// The same calls as the separate modules make (under autocast, nn.Linear casts its weight and bias to `dtype`).
+at::Tensor group_rational_kan_composite(const at::Tensor& x, const at::Tensor& numerator1,
+                                        const at::Tensor& denominator1, int64_t groups1, const at::Tensor& weight1,
+                                        const std::optional<at::Tensor>& bias1, const at::Tensor& numerator2,
+                                        const at::Tensor& denominator2, int64_t groups2, const at::Tensor& weight2,
+                                        const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
+  static const auto forward = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("mmkat::group_rational_forward", "")
+                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
+  const at::Tensor h = group_rational_linear_composite(x, numerator1, denominator1, groups1, weight1, bias1, dtype);
+  const at::Tensor z = forward.call(h, numerator2, denominator2, groups2);
+  std::optional<at::Tensor> b;
+  if (bias2.has_value() && bias2->defined()) b = bias2->to(dtype);
+  return at::linear(z, weight2.to(dtype), b);
+}
+
 }  // namespace
 }  // namespace mmkat
 
@@ -175,10 +192,19 @@ TORCH_LIBRARY(mmkat, m) {
       "group_rational_linear(Tensor x, Tensor weight_numerator, Tensor weight_denominator, int groups, "
       "Tensor weight, Tensor? bias, ScalarType dtype) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  // A whole KAN block in one call, linear(F2(linear(F1(x), weight1, bias1)), weight2, bias2) computed in dtype:
+  // the kernels and kept tensors of the separate calls (act1's output recomputed as in group_rational_linear), with
+  // one autograd node instead of several (eager calls on small tensors are bound by their host cost).
+  m.def(
+      "group_rational_kan(Tensor x, Tensor numerator1, Tensor denominator1, int groups1, Tensor weight1, "
+      "Tensor? bias1, Tensor numerator2, Tensor denominator2, int groups2, Tensor weight2, Tensor? bias2, "
+      "ScalarType dtype) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(mmkat, CompositeExplicitAutograd, m) {
   m.impl("group_rational_linear", &mmkat::group_rational_linear_composite);
+  m.impl("group_rational_kan", &mmkat::group_rational_kan_composite);
 }
 
 TORCH_LIBRARY_IMPL(mmkat, CPU, m) {

@@ -1,5 +1,5 @@
 // mmkat: the autograd kernels of mmkat::group_rational_forward, mmkat::group_rational_forward_to,
-// mmkat::group_rational_bias_forward and mmkat::group_rational_linear, in C++.
+// mmkat::group_rational_bias_forward, mmkat::group_rational_linear and mmkat::group_rational_kan, in C++.
 //
 // Registered at the Autograd dispatch key, so that a differentiable call costs one trip through the
 // dispatcher, as a native activation does: no Python frame on the way in (forward) or out (backward).
@@ -13,6 +13,7 @@
 // Both calls go through the dispatcher (not to a kernel directly), so tracers below Autograd (fake tensors,
 // AOTAutograd, torch.compile) record the two functional ops and never see this file.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <array>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -196,6 +197,37 @@ const c10::TypedOperatorHandle<LinearSig>& linear_op() {
   return op;
 }
 
+bool has_tensor(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// t in `dtype`, without an aten::to call where it is already (below autograd an op must not return its input).
+at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype ? t : t.to(dtype); }
+
+// The gradients of linear(F(x), weight, bias) computed in `compute`, given dy (the output's gradient) and the
+// forward's x, coefficients and weight: F(x) is recomputed (bitwise the same: the kernels are deterministic) for
+// the weight gradient, and the rational's backward runs on the input gradient. Returns (dx, d_num, d_den, d_weight,
+// d_bias), each undefined where `needs` (x, numerator, denominator, weight, bias) says it is not wanted.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rational_linear_backward(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight_numerator, const at::Tensor& weight_denominator,
+    int64_t groups, const at::Tensor& weight, at::ScalarType compute, at::ScalarType bias_dtype,
+    const std::array<bool, 5>& needs) {
+  at::Tensor dx, d_num, d_den, d_weight, d_bias;
+  const int64_t out_features = weight.size(0), in_features = weight.size(1);
+  const at::Tensor dy2 = in_dtype(dy, compute).reshape({-1, out_features});
+  if (needs[3]) {
+    const at::Tensor a = group_rational_forward_to(x, weight_numerator, weight_denominator, groups, compute);
+    d_weight = in_dtype(dy2.t().mm(a.reshape({-1, in_features})), weight.scalar_type());
+  }
+  if (needs[4]) d_bias = in_dtype(dy2.sum(0), bias_dtype);
+  if (needs[0] || needs[1] || needs[2]) {
+    const at::Tensor da = dy2.mm(in_dtype(weight, compute)).reshape(x.sizes());
+    std::tie(dx, d_num, d_den) = backward_op().call(da, x, weight_numerator, weight_denominator, groups);
+    if (!needs[0]) dx = at::Tensor();
+    if (!needs[1]) d_num = at::Tensor();
+    if (!needs[2]) d_den = at::Tensor();
+  }
+  return {dx, d_num, d_den, d_weight, d_bias};
+}
+
 class GroupRationalLinearFunction : public torch::autograd::Function<GroupRationalLinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight_numerator,
@@ -209,43 +241,26 @@ class GroupRationalLinearFunction : public torch::autograd::Function<GroupRation
     ctx->save_for_backward({x, weight_numerator, weight_denominator, weight});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["compute"] = static_cast<int64_t>(compute);
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(bias.has_value() && bias->defined() ? bias->scalar_type()
-                                                                                             : weight.scalar_type());
+    ctx->saved_data["has_bias"] = has_tensor(bias);
+    ctx->saved_data["bias_dtype"] = static_cast<int64_t>(has_tensor(bias) ? bias->scalar_type() : weight.scalar_type());
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_double_backward("mmkat::group_rational_linear");
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
-    const at::Tensor& weight = saved[3];
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    const auto compute = static_cast<at::ScalarType>(ctx->saved_data["compute"].toInt());
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const auto bias_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
-    const bool need_x_side = ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
-    // needs_input_grad counts tensor inputs only: x 0, the coefficients 1 and 2, weight 3, bias 4.
-    const bool need_weight = ctx->needs_input_grad(3);
-    const bool need_bias = has_bias && ctx->needs_input_grad(4);
     variable_list grads(7);  // one per forward argument, groups and dtype included
-    at::Tensor dy = grad_outputs[0];
+    const at::Tensor& dy = grad_outputs[0];
     if (!dy.defined()) return grads;  // no gradient flowed into the output: none flows out
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const int64_t out_features = weight.size(0), in_features = weight.size(1);
-    const at::Tensor dy2 = dy.to(compute).reshape({-1, out_features});
-    if (need_weight) {
-      const at::Tensor a = group_rational_forward_to(x, saved[1], saved[2], groups, compute);  // F(x) again
-      grads[4] = dy2.t().mm(a.reshape({-1, in_features})).to(weight.scalar_type());
-    }
-    if (need_bias) grads[5] = dy2.sum(0).to(bias_dtype);
-    if (need_x_side) {
-      const at::Tensor da = dy2.mm(weight.to(compute)).reshape(x.sizes());
-      auto [dx, d_num, d_den] = backward_op().call(da, x, saved[1], saved[2], groups);
-      if (ctx->needs_input_grad(0)) grads[0] = dx;
-      if (ctx->needs_input_grad(1)) grads[1] = d_num;
-      if (ctx->needs_input_grad(2)) grads[2] = d_den;
-    }
+    // needs_input_grad counts tensor inputs only: x 0, the coefficients 1 and 2, weight 3, bias 4.
+    const std::array<bool, 5> needs{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                    ctx->needs_input_grad(3),
+                                    ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(4)};
+    std::tie(grads[0], grads[1], grads[2], grads[4], grads[5]) = rational_linear_backward(
+        dy, saved[0], saved[1], saved[2], ctx->saved_data["groups"].toInt(), saved[3],
+        static_cast<at::ScalarType>(ctx->saved_data["compute"].toInt()),
+        static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()), needs);
     return grads;
   }
 };
@@ -266,6 +281,112 @@ at::Tensor group_rational_linear_autograd(const at::Tensor& x, const at::Tensor&
   return GroupRationalLinearFunction::apply(x, weight_numerator, weight_denominator, groups, weight, bias, dtype);
 }
 
+using KanSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
+                          const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, int64_t,
+                          const at::Tensor&, const std::optional<at::Tensor>&, at::ScalarType);
+
+const c10::TypedOperatorHandle<KanSig>& kan_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_kan", "").typed<KanSig>();
+  return op;
+}
+
+// A whole KAN block: h = linear(F1(x), weight1, bias1), z = F2(h), y = linear(z, weight2, bias2), in `dtype`. The node
+// keeps what the separate calls keep (x, h, z and weight2 in `dtype`; not F1(x), recomputed as in
+// group_rational_linear) and its backward makes their calls in their order (fc2's gradients as aten::addmm's
+// backward forms them, then F2's backward, then group_rational_linear's), so the gradients are theirs.
+class GroupRationalKanFunction : public torch::autograd::Function<GroupRationalKanFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& numerator1,
+                            const at::Tensor& denominator1, int64_t groups1, const at::Tensor& weight1,
+                            const std::optional<at::Tensor>& bias1, const at::Tensor& numerator2,
+                            const at::Tensor& denominator2, int64_t groups2, const at::Tensor& weight2,
+                            const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
+    at::Tensor h, z, weight2_cast, y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      h = linear_op().call(x, numerator1, denominator1, groups1, weight1, bias1, dtype);
+      z = forward_op().call(h, numerator2, denominator2, groups2);
+      weight2_cast = in_dtype(weight2, dtype);
+      std::optional<at::Tensor> b;
+      if (has_tensor(bias2)) b = in_dtype(*bias2, dtype);
+      y = at::linear(z, weight2_cast, b);
+    }
+    ctx->save_for_backward({x, numerator1, denominator1, weight1, h, numerator2, denominator2, z, weight2_cast});
+    ctx->saved_data["groups1"] = groups1;
+    ctx->saved_data["groups2"] = groups2;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(dtype);
+    ctx->saved_data["bias1"] = static_cast<int64_t>(has_tensor(bias1) ? bias1->scalar_type() : at::ScalarType::Undefined);
+    ctx->saved_data["bias2"] = static_cast<int64_t>(has_tensor(bias2) ? bias2->scalar_type() : at::ScalarType::Undefined);
+    ctx->saved_data["weight2"] = static_cast<int64_t>(weight2.scalar_type());
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("mmkat::group_rational_kan");
+    const variable_list saved = ctx->get_saved_variables();
+    variable_list grads(12);  // one per forward argument, the ints and the dtype included
+    const at::Tensor& dy = grad_outputs[0];
+    if (!dy.defined()) return grads;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const auto bias1_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias1"].toInt());
+    const auto bias2_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias2"].toInt());
+    const bool has_bias1 = bias1_dtype != at::ScalarType::Undefined;
+    const bool has_bias2 = bias2_dtype != at::ScalarType::Undefined;
+    // needs_input_grad counts the tensor inputs that were given: x 0, numerator1 1, denominator1 2, weight1 3,
+    // bias1 4 (if given), then numerator2, denominator2, weight2 and bias2 (if given).
+    const size_t second = has_bias1 ? 5 : 4;
+    const std::array<bool, 5> needs1{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                     ctx->needs_input_grad(3), has_bias1 && ctx->needs_input_grad(4)};
+    const bool need_num2 = ctx->needs_input_grad(second), need_den2 = ctx->needs_input_grad(second + 1);
+    const bool need_weight2 = ctx->needs_input_grad(second + 2);
+    const bool need_bias2 = has_bias2 && ctx->needs_input_grad(second + 3);
+    const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
+    const at::Tensor& x = saved[0];
+    const at::Tensor& h = saved[4];
+    const at::Tensor& z = saved[7];
+    const at::Tensor& weight2 = saved[8];  // in dtype
+    // fc2: what aten::addmm's backward computes for linear(z, weight2, bias2) (and the casts' backward, .to())
+    const at::Tensor dy2 = in_dtype(dy, dtype).reshape({-1, weight2.size(0)});
+    if (need_weight2) {
+      grads[9] = in_dtype(dy2.t().mm(z.reshape({-1, weight2.size(1)})),
+                          static_cast<at::ScalarType>(ctx->saved_data["weight2"].toInt()));
+    }
+    if (need_bias2) grads[10] = in_dtype(dy2.sum(0), bias2_dtype);
+    const bool need_first = needs1[0] || needs1[1] || needs1[2] || needs1[3] || needs1[4];
+    if (!(need_first || need_num2 || need_den2)) return grads;
+    // act2
+    const at::Tensor dz = dy2.mm(weight2).reshape(h.sizes());
+    auto [dh, d_num2, d_den2] = backward_op().call(dz, h, saved[5], saved[6], ctx->saved_data["groups2"].toInt());
+    if (need_num2) grads[6] = d_num2;
+    if (need_den2) grads[7] = d_den2;
+    // act1 -> fc1
+    if (need_first) {
+      std::tie(grads[0], grads[1], grads[2], grads[4], grads[5]) =
+          rational_linear_backward(dh, x, saved[1], saved[2], ctx->saved_data["groups1"].toInt(), saved[3], dtype,
+                                   bias1_dtype, needs1);
+    }
+    return grads;
+  }
+};
+
+at::Tensor group_rational_kan_autograd(const at::Tensor& x, const at::Tensor& numerator1,
+                                       const at::Tensor& denominator1, int64_t groups1, const at::Tensor& weight1,
+                                       const std::optional<at::Tensor>& bias1, const at::Tensor& numerator2,
+                                       const at::Tensor& denominator2, int64_t groups2, const at::Tensor& weight2,
+                                       const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
+  const bool record = records(x, numerator1, denominator1, weight1, numerator2, denominator2, weight2) ||
+                      (at::GradMode::is_enabled() && ((has_tensor(bias1) && bias1->requires_grad()) ||
+                                                      (has_tensor(bias2) && bias2->requires_grad())));
+  if (!record) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return kan_op().call(x, numerator1, denominator1, groups1, weight1, bias1, numerator2, denominator2, groups2,
+                         weight2, bias2, dtype);
+  }
+  return GroupRationalKanFunction::apply(x, numerator1, denominator1, groups1, weight1, bias1, numerator2,
+                                         denominator2, groups2, weight2, bias2, dtype);
+}
+
 at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,
                                            const at::Tensor& weight_denominator, int64_t groups) {
   if (!records(x, weight_numerator, weight_denominator)) {
@@ -283,4 +404,5 @@ TORCH_LIBRARY_IMPL(mmkat, Autograd, m) {
   m.impl("group_rational_forward_to", &mmkat::group_rational_forward_to_autograd);
   m.impl("group_rational_linear", &mmkat::group_rational_linear_autograd);
   m.impl("group_rational_bias_forward", &mmkat::group_rational_bias_forward_autograd);
+  m.impl("group_rational_kan", &mmkat::group_rational_kan_autograd);
 }

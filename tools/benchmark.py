@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from mmkat.models import KAT
-from mmkat.models.layers import GroupRational
+from mmkat.models.layers import KAN, GroupRational, Mlp
 from mmkat.utils.results import (
     ResultsFileError,
     check_results_file,
@@ -383,12 +383,17 @@ def host_costs(args, device) -> dict:
             best = min(best, (time.perf_counter() - t0) / calls * 1e6)
         return best
 
+    # A whole channel mixer of the step's width: the twin's MLP (fc1, GELU, fc2) and KAT's KAN block.
+    torch.manual_seed(0)
+    xb = torch.randn(2, 5, 64, device=device, requires_grad=True)
+    dyb = torch.randn(2, 5, 64, device=device)
+    blocks = {'MLP': (Mlp(64, 256).to(device), xb, dyb), 'KAN': (KAN(64, 256).to(device), xb, dyb)}
     calls = {}
-    for name, act in acts.items():
-        calls[f'{name} forward'] = per_call_us(lambda: act(x))
-        calls[f'{name} forward+backward'] = per_call_us(lambda: act(x).backward(dy))
+    for name, (act, xi, dyi) in [(n, (a, x, dy)) for n, a in acts.items()] + list(blocks.items()):
+        calls[f'{name} forward'] = per_call_us(lambda: act(xi))
+        calls[f'{name} forward+backward'] = per_call_us(lambda: act(xi).backward(dyi))
         with torch.no_grad():
-            calls[f'{name} forward, no grad'] = per_call_us(lambda: act(x))
+            calls[f'{name} forward, no grad'] = per_call_us(lambda: act(xi))
     where = 'CPU, 1 thread' if device.type == 'cpu' else f'{device.type}, tiny tensors'
     print(f'\n| host-bound training step ({where}) | ms/step, AdamW (median) | ms/step, AdamW(fused=True) |'
           '\n|---|---|---|')
@@ -399,7 +404,8 @@ def host_costs(args, device) -> dict:
     print(f"| KAT / ViT, optimizer step only | {opt['kat default'] / opt['vit default']:.3f} "
           f"({opt['kat default']:.2f} / {opt['vit default']:.2f} ms) | {opt['kat fused'] / opt['vit fused']:.3f} "
           f"({opt['kat fused']:.2f} / {opt['vit fused']:.2f} ms) |")
-    print(f'\n| call (2 x 5 x 256, {device.type}) | host us (best of 3 x 2000) |\n|---|---|')
+    print(f'\n| call (2 x 5 x 256; MLP and KAN blocks 2 x 5 x 64, {device.type}) | host us (best of 3 x 2000) |'
+          '\n|---|---|')
     for name, us in calls.items():
         print(f'| {name} | {us:.1f} |')
     return dict(step_ms=step, step_ms_all={k: times[k, 'default'] for k in ('vit', 'kat')},

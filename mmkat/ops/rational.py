@@ -42,6 +42,9 @@ REBUILD_HINT = ('rebuild it against the installed torch with `pip install --no-b
 _EXT = None
 _EXT_ERROR: Optional[str] = None
 _WARNED = set()
+# The operators this Python code calls; a library without one of them is refused as a whole.
+_OPS = ('group_rational_forward', 'group_rational_backward', 'group_rational_forward_to', 'group_rational_linear',
+        'group_rational_kan', 'group_rational_bias_forward', 'group_rational_bias_backward')
 
 
 def _load_extension():
@@ -50,6 +53,10 @@ def _load_extension():
         from mmkat import _C  # noqa: F401  (loading the library registers torch.ops.mmkat.*)
     except Exception as e:  # ImportError, or OSError for an undefined symbol after a torch upgrade
         _EXT_ERROR = f'{type(e).__name__}: {e}'
+        return
+    missing = [op for op in _OPS if not hasattr(torch.ops.mmkat, op)]
+    if missing:  # a library built from older sources (an editable install not rebuilt after an update)
+        _EXT_ERROR = f'it predates this mmkat: it has no torch.ops.mmkat.{", ".join(missing)}'
         return
     built = getattr(_C, 'built_with_torch', 'unknown')
     running = torch.__version__.split('+')[0]
@@ -309,6 +316,17 @@ if _EXT is not None:
                      lambda: f'weight must have shape [out_features, {x.shape[-1]}]')
         return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=dtype)
 
+    @torch.library.register_fake('mmkat::group_rational_kan')
+    def _kan_fake(x, numerator1, denominator1, groups1, weight1, bias1, numerator2, denominator2, groups2, weight2,
+                  bias2, dtype):
+        torch._check(x.shape[-1] % groups1 == 0, lambda: 'C must be divisible by groups1')
+        torch._check(weight1.dim() == 2 and weight1.shape[1] == x.shape[-1],
+                     lambda: f'weight1 must have shape [hidden, {x.shape[-1]}]')
+        torch._check(weight1.shape[0] % groups2 == 0, lambda: 'hidden must be divisible by groups2')
+        torch._check(weight2.dim() == 2 and weight2.shape[1] == weight1.shape[0],
+                     lambda: f'weight2 must have shape [out_features, {weight1.shape[0]}]')
+        return x.new_empty((*x.shape[:-1], weight2.shape[0]), dtype=dtype)
+
     @torch.library.register_fake('mmkat::group_rational_bias_forward')
     def _bias_forward_fake(x, bias, weight_numerator, weight_denominator, groups):
         torch._check(x.shape[-1] % groups == 0, lambda: 'C must be divisible by groups')
@@ -324,8 +342,9 @@ if _EXT is not None:
     _FORWARD_TO_OP = torch.ops.mmkat.group_rational_forward_to.default
     _LINEAR_OP = torch.ops.mmkat.group_rational_linear.default
     _BIAS_FORWARD_OP = torch.ops.mmkat.group_rational_bias_forward.default
+    _KAN_OP = torch.ops.mmkat.group_rational_kan.default
 else:
-    _FORWARD_OP = _FORWARD_TO_OP = _LINEAR_OP = _BIAS_FORWARD_OP = None
+    _FORWARD_OP = _FORWARD_TO_OP = _LINEAR_OP = _BIAS_FORWARD_OP = _KAN_OP = None
 
 # ------------------------------------------------------------------------ under torch.compile: fusable
 # How torch.compile's inductor sees the compiled implementation (read when a graph is traced):

@@ -298,6 +298,17 @@ def test_group_rational_reads_coefficients_of_subclasses_and_parametrizations():
         assert torch.equal(sub(x), plain(x))
         expected = group_rational(x, plain.weight_numerator, plain.weight_denominator * 0.5, 8, 'reference')
         torch.testing.assert_close(halved(x), expected, rtol=1e-6, atol=1e-6)
+    # a plain tensor attribute in the parameter's place (as FSDP's unsharded views and torch.func put them)
+    kan, _ = kan_pair()
+    xk = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = kan.fc2(kan.act2(kan.fc1(kan.act1(xk)) * 2) * 3)
+    for module, name, scale in ((kan.act2, 'weight_numerator', 3.), (kan.fc1, 'weight', 2.), (kan.fc1, 'bias', 2.)):
+        value = getattr(module, name).detach() * scale
+        delattr(module, name)
+        setattr(module, name, value)
+    with torch.no_grad():
+        torch.testing.assert_close(kan(xk), expected, rtol=1e-5, atol=1e-5)
 
 
 @requires_ext

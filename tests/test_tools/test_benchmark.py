@@ -63,7 +63,8 @@ def test_host_mode_and_files_of_another_benchmark_are_refused(tmp_path):
     result = benchmark.main(
         ['--host', '--device', 'cpu', '--steps', '2', '--repeats', '2', '--warmup', '1', '--out', str(out)])
     assert result['kat_over_vit'] > 0
-    assert {'GELU forward+backward', 'GroupRational forward+backward'} <= set(result['call_us'])
+    assert {'GELU forward+backward', 'GroupRational forward+backward', 'KAN forward+backward',
+            'MLP forward+backward'} <= set(result['call_us'])
     saved = load_results(str(out))
     assert saved['benchmark'] == benchmark.HOST_BENCHMARK
     assert saved['runs'][0]['host']['step_ms'].keys() == {'vit', 'kat'}

@@ -9,6 +9,14 @@ from mmkat.ops import IMPLEMENTATIONS, NUM_DENOMINATOR, NUM_NUMERATOR, get_prese
 from mmkat.ops import rational as _rational
 
 
+def parameter_of(module: nn.Module, name: str) -> Optional[torch.Tensor]:
+    """``getattr(module, name)`` for a parameter, read from ``module._parameters`` where it is registered there
+    (``nn.Module.__getattr__`` costs about a microsecond a call); where a wrapper has put something else in its place
+    (a parametrization's property, FSDP's unsharded views or torch.func's tensors as plain attributes), that."""
+    tensor = module._parameters.get(name)
+    return getattr(module, name) if tensor is None else tensor
+
+
 @MODELS.register_module()
 class GroupRational(nn.Module):
     """F(x) = P(x) / Q(x) over the last dimension, channels split into ``groups`` contiguous groups.
@@ -86,11 +94,8 @@ class GroupRational(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if x.device.type in self._op_devices:
-            if type(self) is GroupRational:  # plain parameters (not parametrized): read without __getattr__
-                coefficients = self._parameters
-                return _rational._compiled_call(x, coefficients['weight_numerator'],
-                                                coefficients['weight_denominator'], self.groups)
-            return _rational._compiled_call(x, self.weight_numerator, self.weight_denominator, self.groups)
+            return _rational._compiled_call(x, parameter_of(self, 'weight_numerator'),
+                                            parameter_of(self, 'weight_denominator'), self.groups)
         return group_rational(x, self.weight_numerator, self.weight_denominator, self.groups, self._impl)
 
     def extra_repr(self) -> str:

@@ -3,7 +3,7 @@
 Both keep timm's module names (``fc1``/``fc2``, ``act1``/``act2`` for KAN, ``act`` for the MLP), so the
 released KAT checkpoints and plain timm ViT checkpoints load without renaming.
 """
-from typing import Union
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from mmkat.ops import rational as _rational
-from .group_rational import GroupRational
+from .group_rational import GroupRational, parameter_of
 
 
 def _hooked(*modules: nn.Module) -> bool:
@@ -23,6 +23,10 @@ def _hooked(*modules: nn.Module) -> bool:
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return True
     return False
+
+
+def _coefficients(act: GroupRational) -> Tuple[torch.Tensor, torch.Tensor]:
+    return parameter_of(act, 'weight_numerator'), parameter_of(act, 'weight_denominator')
 
 
 class KAN(nn.Module):
@@ -138,15 +142,32 @@ class KAN(nn.Module):
         return _rational._bias_compiled_call(h, self.fc1.bias, act2.weight_numerator, act2.weight_denominator,
                                              act2.groups)
 
+    def _whole(self, x: torch.Tensor) -> bool:
+        """Whether, where act1 -> fc1 is one op (:meth:`_fused`), the rest of the block joins it: act2 a GroupRational
+        with the compiled op on x's device and fc1's channels, fc2 an nn.Linear, drop2 a dropout that returns its
+        input (p = 0 or eval), and no hook on act2, drop2 or fc2."""
+        modules = self._modules
+        act2, drop2, fc2 = modules['act2'], modules['drop2'], modules['fc2']
+        return (type(act2) is GroupRational and type(fc2) is nn.Linear and type(drop2) is nn.Dropout
+                and (drop2.p == 0. or not drop2.training) and x.device.type in act2._op_devices
+                and act2.num_channels in (None, modules['fc1'].out_features) and not _hooked(act2, drop2, fc2))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fold = self.folds_bias(x)
         if self._fused(x):
             modules = self._modules
             act1, fc1 = modules['act1'], modules['fc1']
-            coefficients, linear = act1._parameters, fc1._parameters  # both plain modules (_fused checked)
-            x = _rational._LINEAR_OP(x, coefficients['weight_numerator'], coefficients['weight_denominator'],
-                                     act1.groups, linear['weight'], None if fold else linear['bias'],
-                                     _rational.linear_dtype(x))
+            numerator1, denominator1 = _coefficients(act1)
+            weight1, bias1 = parameter_of(fc1, 'weight'), parameter_of(fc1, 'bias')
+            dtype = _rational.linear_dtype(x)
+            if not fold and self._whole(x):
+                # the whole block as one op: the same kernels, one autograd node (eager calls on small tensors
+                # are bound by their host cost)
+                act2, fc2 = modules['act2'], modules['fc2']
+                return _rational._KAN_OP(x, numerator1, denominator1, act1.groups, weight1, bias1,
+                                         *_coefficients(act2), act2.groups, parameter_of(fc2, 'weight'),
+                                         parameter_of(fc2, 'bias'), dtype)
+            x = _rational._LINEAR_OP(x, numerator1, denominator1, act1.groups, weight1, None if fold else bias1, dtype)
         else:
             x = self.fc1_without_bias(self.act1_for_fc1(x), fold)
         return self.fc2(self._drop2(self.act2_with_bias(x, fold)))
