@@ -194,7 +194,7 @@ TORCH_LIBRARY(mmkat, m) {
       {at::Tag::pt2_compliant_tag});
   // A whole KAN block in one call, linear(F2(linear(F1(x), weight1, bias1)), weight2, bias2) computed in dtype:
   // the kernels and kept tensors of the separate calls (act1's output recomputed as in group_rational_linear), with
-  // one autograd node instead of several (eager calls on small tensors are bound by their host cost).
+  // two autograd nodes instead of several (eager calls on small tensors are bound by their host cost).
   m.def(
       "group_rational_kan(Tensor x, Tensor numerator1, Tensor denominator1, int groups1, Tensor weight1, "
       "Tensor? bias1, Tensor numerator2, Tensor denominator2, int groups2, Tensor weight2, Tensor? bias2, "

@@ -291,81 +291,101 @@ const c10::TypedOperatorHandle<KanSig>& kan_op() {
   return op;
 }
 
-// A whole KAN block: h = linear(F1(x), weight1, bias1), z = F2(h), y = linear(z, weight2, bias2), in `dtype`. The node
-// keeps what the separate calls keep (x, h, z and weight2 in `dtype`; not F1(x), recomputed as in
-// group_rational_linear) and its backward makes their calls in their order (fc2's gradients as aten::addmm's
-// backward forms them, then F2's backward, then group_rational_linear's), so the gradients are theirs.
-class GroupRationalKanFunction : public torch::autograd::Function<GroupRationalKanFunction> {
+// A whole KAN block, y = linear(F2(linear(F1(x), weight1, bias1)), weight2, bias2) in `dtype`, as two graph nodes
+// that keep what the separate calls keep and free it when they do: KanInnerFunction, z = F2(linear(F1(x))), keeps x,
+// the coefficients, weight1 and h = linear(F1(x)) (not F1(x), recomputed as in group_rational_linear); KanOuterFunction,
+// y = linear(z, weight2, bias2), keeps z and weight2 in `dtype`, and is done with them (its backward runs first)
+// before F2's backward makes its gradient of h: one node for the whole block would hold z through the rest of the
+// backward, at the moment backward holds the most. Each backward makes the separate calls' kernel calls in their
+// order (fc2's gradients as aten::addmm's backward forms them, F2's backward, then group_rational_linear's), so
+// the gradients are theirs.
+class KanInnerFunction : public torch::autograd::Function<KanInnerFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& numerator1,
                             const at::Tensor& denominator1, int64_t groups1, const at::Tensor& weight1,
                             const std::optional<at::Tensor>& bias1, const at::Tensor& numerator2,
-                            const at::Tensor& denominator2, int64_t groups2, const at::Tensor& weight2,
-                            const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
-    at::Tensor h, z, weight2_cast, y;
+                            const at::Tensor& denominator2, int64_t groups2, at::ScalarType dtype) {
+    at::Tensor h, z;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       h = linear_op().call(x, numerator1, denominator1, groups1, weight1, bias1, dtype);
       z = forward_op().call(h, numerator2, denominator2, groups2);
+    }
+    ctx->save_for_backward({x, numerator1, denominator1, weight1, h, numerator2, denominator2});
+    ctx->saved_data["groups1"] = groups1;
+    ctx->saved_data["groups2"] = groups2;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(dtype);
+    ctx->saved_data["bias1"] = static_cast<int64_t>(has_tensor(bias1) ? bias1->scalar_type() : at::kFloat);
+    ctx->saved_data["has_bias1"] = has_tensor(bias1);
+    return z;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    refuse_double_backward("mmkat::group_rational_kan");
+    variable_list grads(10);  // one per forward argument, the ints and the dtype included
+    const at::Tensor& dz = grad_outputs[0];
+    if (!dz.defined()) return grads;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const bool has_bias1 = ctx->saved_data["has_bias1"].toBool();
+    // needs_input_grad counts the tensor inputs that were given: x 0, numerator1 1, denominator1 2, weight1 3,
+    // bias1 4 (if given), then numerator2 and denominator2.
+    const size_t second = has_bias1 ? 5 : 4;
+    const std::array<bool, 5> needs1{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                     ctx->needs_input_grad(3), has_bias1 && ctx->needs_input_grad(4)};
+    const variable_list saved = ctx->get_saved_variables();
+    auto [dh, d_num2, d_den2] = backward_op().call(dz, saved[4], saved[5], saved[6], ctx->saved_data["groups2"].toInt());
+    if (ctx->needs_input_grad(second)) grads[6] = d_num2;
+    if (ctx->needs_input_grad(second + 1)) grads[7] = d_den2;
+    if (needs1[0] || needs1[1] || needs1[2] || needs1[3] || needs1[4]) {
+      std::tie(grads[0], grads[1], grads[2], grads[4], grads[5]) = rational_linear_backward(
+          dh, saved[0], saved[1], saved[2], ctx->saved_data["groups1"].toInt(), saved[3],
+          static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()),
+          static_cast<at::ScalarType>(ctx->saved_data["bias1"].toInt()), needs1);
+    }
+    return grads;
+  }
+};
+
+class KanOuterFunction : public torch::autograd::Function<KanOuterFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& weight2,
+                            const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
+    at::Tensor weight2_cast, y;
+    {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       weight2_cast = in_dtype(weight2, dtype);
       std::optional<at::Tensor> b;
       if (has_tensor(bias2)) b = in_dtype(*bias2, dtype);
       y = at::linear(z, weight2_cast, b);
     }
-    ctx->save_for_backward({x, numerator1, denominator1, weight1, h, numerator2, denominator2, z, weight2_cast});
-    ctx->saved_data["groups1"] = groups1;
-    ctx->saved_data["groups2"] = groups2;
+    ctx->save_for_backward({z, weight2_cast});
     ctx->saved_data["dtype"] = static_cast<int64_t>(dtype);
-    ctx->saved_data["bias1"] = static_cast<int64_t>(has_tensor(bias1) ? bias1->scalar_type() : at::ScalarType::Undefined);
-    ctx->saved_data["bias2"] = static_cast<int64_t>(has_tensor(bias2) ? bias2->scalar_type() : at::ScalarType::Undefined);
     ctx->saved_data["weight2"] = static_cast<int64_t>(weight2.scalar_type());
+    ctx->saved_data["bias2"] = static_cast<int64_t>(has_tensor(bias2) ? bias2->scalar_type() : at::kFloat);
+    ctx->saved_data["has_bias2"] = has_tensor(bias2);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     refuse_double_backward("mmkat::group_rational_kan");
-    const variable_list saved = ctx->get_saved_variables();
-    variable_list grads(12);  // one per forward argument, the ints and the dtype included
+    variable_list grads(4);
     const at::Tensor& dy = grad_outputs[0];
     if (!dy.defined()) return grads;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const auto bias1_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias1"].toInt());
-    const auto bias2_dtype = static_cast<at::ScalarType>(ctx->saved_data["bias2"].toInt());
-    const bool has_bias1 = bias1_dtype != at::ScalarType::Undefined;
-    const bool has_bias2 = bias2_dtype != at::ScalarType::Undefined;
-    // needs_input_grad counts the tensor inputs that were given: x 0, numerator1 1, denominator1 2, weight1 3,
-    // bias1 4 (if given), then numerator2, denominator2, weight2 and bias2 (if given).
-    const size_t second = has_bias1 ? 5 : 4;
-    const std::array<bool, 5> needs1{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
-                                     ctx->needs_input_grad(3), has_bias1 && ctx->needs_input_grad(4)};
-    const bool need_num2 = ctx->needs_input_grad(second), need_den2 = ctx->needs_input_grad(second + 1);
-    const bool need_weight2 = ctx->needs_input_grad(second + 2);
-    const bool need_bias2 = has_bias2 && ctx->needs_input_grad(second + 3);
-    const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
-    const at::Tensor& x = saved[0];
-    const at::Tensor& h = saved[4];
-    const at::Tensor& z = saved[7];
-    const at::Tensor& weight2 = saved[8];  // in dtype
-    // fc2: what aten::addmm's backward computes for linear(z, weight2, bias2) (and the casts' backward, .to())
-    const at::Tensor dy2 = in_dtype(dy, dtype).reshape({-1, weight2.size(0)});
-    if (need_weight2) {
-      grads[9] = in_dtype(dy2.t().mm(z.reshape({-1, weight2.size(1)})),
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& z = saved[0];
+    const at::Tensor& weight2 = saved[1];  // in dtype
+    // what aten::addmm's backward computes for linear(z, weight2, bias2), and the casts' backward (.to())
+    const at::Tensor dy2 =
+        in_dtype(dy, static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt())).reshape({-1, weight2.size(0)});
+    if (ctx->needs_input_grad(1)) {
+      grads[1] = in_dtype(dy2.t().mm(z.reshape({-1, weight2.size(1)})),
                           static_cast<at::ScalarType>(ctx->saved_data["weight2"].toInt()));
     }
-    if (need_bias2) grads[10] = in_dtype(dy2.sum(0), bias2_dtype);
-    const bool need_first = needs1[0] || needs1[1] || needs1[2] || needs1[3] || needs1[4];
-    if (!(need_first || need_num2 || need_den2)) return grads;
-    // act2
-    const at::Tensor dz = dy2.mm(weight2).reshape(h.sizes());
-    auto [dh, d_num2, d_den2] = backward_op().call(dz, h, saved[5], saved[6], ctx->saved_data["groups2"].toInt());
-    if (need_num2) grads[6] = d_num2;
-    if (need_den2) grads[7] = d_den2;
-    // act1 -> fc1
-    if (need_first) {
-      std::tie(grads[0], grads[1], grads[2], grads[4], grads[5]) =
-          rational_linear_backward(dh, x, saved[1], saved[2], ctx->saved_data["groups1"].toInt(), saved[3], dtype,
-                                   bias1_dtype, needs1);
+    if (ctx->saved_data["has_bias2"].toBool() && ctx->needs_input_grad(2)) {
+      grads[2] = in_dtype(dy2.sum(0), static_cast<at::ScalarType>(ctx->saved_data["bias2"].toInt()));
     }
+    if (ctx->needs_input_grad(0)) grads[0] = dy2.mm(weight2).reshape(z.sizes());
     return grads;
   }
 };
@@ -383,8 +403,9 @@ at::Tensor group_rational_kan_autograd(const at::Tensor& x, const at::Tensor& nu
     return kan_op().call(x, numerator1, denominator1, groups1, weight1, bias1, numerator2, denominator2, groups2,
                          weight2, bias2, dtype);
   }
-  return GroupRationalKanFunction::apply(x, numerator1, denominator1, groups1, weight1, bias1, numerator2,
-                                         denominator2, groups2, weight2, bias2, dtype);
+  const at::Tensor z = KanInnerFunction::apply(x, numerator1, denominator1, groups1, weight1, bias1, numerator2,
+                                               denominator2, groups2, dtype);
+  return KanOuterFunction::apply(z, weight2, bias2, dtype);
 }
 
 at::Tensor group_rational_forward_autograd(const at::Tensor& x, const at::Tensor& weight_numerator,

@@ -36,7 +36,7 @@ def run(module, x, whole, autocast=None, dy_seed=1):
         with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             y = module(xi)
         name = y.grad_fn.name() if y.grad_fn is not None else None
-        assert ('GroupRationalKanFunction' in str(name)) == (whole and y.grad_fn is not None), name
+        assert ('KanOuterFunction' in str(name)) == (whole and y.grad_fn is not None), name
         dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(dy_seed), dtype=torch.float64).to(y)
         if y.requires_grad:
             y.backward(dy)
@@ -90,6 +90,42 @@ def test_whole_block_partial_gradients():
 
 
 @requires_ext
+def test_whole_block_is_two_nodes_the_second_done_with_its_tensors_first():
+    """fc2 is a node of its own, which keeps fc2's input z and its weight in the compute dtype and runs first in
+    backward; the node before it keeps x and fc1's output h (act2's input), not z: z is freed before act2's
+    backward makes h's gradient, as with the separate calls."""
+    import weakref
+
+    class Packed:
+        def __init__(self, t):
+            self.t = t
+
+    packed = []
+
+    def pack(t):
+        p = Packed(t)
+        packed.append((tuple(t.shape), t.dtype, weakref.ref(p)))
+        return p
+
+    module = make_kan(seed=6)
+    x = torch.randn(4, 50, 64, generator=torch.Generator().manual_seed(7)).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda p: p.t), torch.autocast('cpu', dtype=torch.bfloat16):
+        y = module(x)
+    outer = y.grad_fn
+    inner = [f for f, _ in outer.next_functions if f is not None and 'KanInner' in f.name()]
+    assert 'KanOuterFunction' in outer.name() and len(inner) == 1
+    # inner keeps x, 4 coefficient tensors, fc1's weight and h; outer keeps z and fc2's bf16 weight
+    kept = [(shape, dtype) for shape, dtype, _ in packed]
+    assert kept[-2:] == [((4, 50, 256), torch.bfloat16), ((64, 256), torch.bfloat16)], kept
+    assert ((4, 50, 256), torch.bfloat16) in kept[:-2] and ((4, 50, 64), torch.float32) in kept[:-2]
+    alive_when_inner_runs = []
+    inner[0].register_prehook(lambda grads: alive_when_inner_runs.extend(ref() is not None for *_, ref in packed))
+    y.float().sum().backward()
+    assert alive_when_inner_runs[-2:] == [False, False]  # z and fc2's weight already freed
+    assert all(alive_when_inner_runs[:-2])  # h, x and the rest still held for the inner node
+
+
+@requires_ext
 def test_whole_block_keeps_what_the_separate_calls_keep():
     module = make_kan(seed=6)
     x = torch.randn(4, 50, 64, generator=torch.Generator().manual_seed(7)).requires_grad_()
@@ -125,7 +161,7 @@ def test_kan_takes_the_whole_block_only_where_nothing_can_tell():
     assert not reference._whole(x)
     folded = make_kan(fold_bias=True)
     y = folded(x.requires_grad_())
-    assert 'GroupRationalKanFunction' not in y.grad_fn.name()  # fc1's bias inside act2: the folded path
+    assert 'Kan' not in y.grad_fn.name()  # fc1's bias inside act2: the folded path
 
 
 @requires_ext
