@@ -101,8 +101,10 @@ class KATBlock(nn.Module):
 
     def _recompute_kan_input(self) -> bool:
         """Under torch.compile in training, whether norm2 -> act1 -> fc1 is checkpointed (KAN's ``recompute``)."""
+        if not torch.compiler.is_compiling():  # eager: decided before any submodule lookup (this runs every call)
+            return False
         mlp = self.mlp
-        return (torch.compiler.is_compiling() and self.training and torch.is_grad_enabled() and type(mlp) is KAN
+        return (self.training and torch.is_grad_enabled() and type(mlp) is KAN
                 and type(self.norm2) is nn.LayerNorm and mlp.recomputes_act1()
                 and not _hooked(self.norm2, mlp, mlp.act2, mlp.drop2, mlp.fc2))
 
