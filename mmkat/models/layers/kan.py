@@ -49,10 +49,13 @@ class KAN(nn.Module):
             same as the separate calls: the compiled op on the input's device, no dropout between act1 and
             fc1 in training, act1 a GroupRational and fc1 an nn.Linear (not a replacement such as a LoRA
             wrapper), no hooks on act1, drop1 or fc1 (nor global module hooks), and not under TorchScript
-            tracing or torch.compile. Under torch.compile (training) a :class:`KATBlock` instead gives inductor
-            the separate calls with norm2 -> act1 -> fc1 selectively checkpointed, only fc1's matmul output kept,
-            so that neither norm2's output nor act1's is held for backward (the fused op as one graph node did
-            not lower compiled peak memory).
+            tracing or torch.compile. Where in addition act2 -> drop2 -> fc2 cannot be told from plain calls (act2
+            a GroupRational on the compiled op, fc2 an nn.Linear, drop2 returning its input, no hooks on them, fc1's
+            bias not folded), the whole block is one ``mmkat::group_rational_kan`` call: the same kernels and kept
+            tensors, two autograd nodes instead of six, bitwise the same results. Under torch.compile (training) a
+            :class:`KATBlock` instead gives inductor the separate calls with norm2 -> act1 -> fc1 selectively
+            checkpointed, only fc1's matmul output kept, so that neither norm2's output nor act1's is held for
+            backward (the fused op as one graph node did not lower compiled peak memory).
         fold_bias: add fc1's bias inside act2 (:func:`mmkat.ops.group_rational_bias`, act2(h @ W.T + b) as one
             op) so that act2's backward also returns the bias gradient, instead of a separate reduction over its
             output gradient. Taken where the compiled op runs on the input's device, act2 is a GroupRational,
