@@ -84,9 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_rational_bias_b
     const at::Tensor& weight_denominator, int64_t groups) {
   using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                      const at::Tensor&, const at::Tensor&, int64_t);
-  static const auto backward = c10::Dispatcher::singleton()
-                                   .findSchemaOrThrow("mmkat::group_rational_backward", "")
-                                   .typed<BackwardSig>();
+  static const auto backward = find_op<BackwardSig>("mmkat::group_rational_backward");
   auto [dz, d_num, d_den] =
       backward.call(grad_output, plus_bias_in_math_type(x, bias), weight_numerator, weight_denominator, groups);
   at::Tensor d_bias = dz.reshape({-1, x.size(-1)}).sum(0);
@@ -121,15 +119,20 @@ at::Tensor group_rational_forward_to_cpu(const at::Tensor& x, const at::Tensor& 
 
 at::Tensor group_rational_forward_to(const at::Tensor& x, const at::Tensor& weight_numerator,
                                      const at::Tensor& weight_denominator, int64_t groups, at::ScalarType dtype) {
-  // Looked up once (the schema is defined when the library loads, before any call).
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                               at::ScalarType)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                            at::ScalarType)>("mmkat::group_rational_forward_to");
   return op.call(x, weight_numerator, weight_denominator, groups, dtype);
 }
 
 namespace {
+
+// linear(a, weight, bias) with the weight and bias cast to `dtype`, as nn.Linear computes under autocast.
+at::Tensor linear_in(const at::Tensor& a, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     at::ScalarType dtype) {
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = bias->to(dtype);
+  return at::linear(a, weight.to(dtype), b);
+}
 
 // group_rational_linear without autograd: linear(F(x), weight, bias) computed in `dtype` (the caller's choice:
 // the autocast dtype under autocast, x's otherwise), F(x) written straight in it.
@@ -137,10 +140,8 @@ at::Tensor group_rational_linear_composite(const at::Tensor& x, const at::Tensor
                                            const at::Tensor& weight_denominator, int64_t groups,
                                            const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                            at::ScalarType dtype) {
-  const at::Tensor a = group_rational_forward_to(x, weight_numerator, weight_denominator, groups, dtype);
-  std::optional<at::Tensor> b;
-  if (bias.has_value() && bias->defined()) b = bias->to(dtype);
-  return at::linear(a, weight.to(dtype), b);
+  return linear_in(group_rational_forward_to(x, weight_numerator, weight_denominator, groups, dtype), weight, bias,
+                   dtype);
 }
 
 // group_rational_kan without autograd: a whole KAN block, linear(F2(linear(F1(x), w1, b1)), w2, b2), in `dtype`.
@@ -150,14 +151,10 @@ at::Tensor group_rational_kan_composite(const at::Tensor& x, const at::Tensor& n
                                         const std::optional<at::Tensor>& bias1, const at::Tensor& numerator2,
                                         const at::Tensor& denominator2, int64_t groups2, const at::Tensor& weight2,
                                         const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
-  static const auto forward = c10::Dispatcher::singleton()
-                                  .findSchemaOrThrow("mmkat::group_rational_forward", "")
-                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
+  using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
+  static const auto forward = find_op<ForwardSig>("mmkat::group_rational_forward");
   const at::Tensor h = group_rational_linear_composite(x, numerator1, denominator1, groups1, weight1, bias1, dtype);
-  const at::Tensor z = forward.call(h, numerator2, denominator2, groups2);
-  std::optional<at::Tensor> b;
-  if (bias2.has_value() && bias2->defined()) b = bias2->to(dtype);
-  return at::linear(z, weight2.to(dtype), b);
+  return linear_in(forward.call(h, numerator2, denominator2, groups2), weight2, bias2, dtype);
 }
 
 }  // namespace

@@ -2,10 +2,18 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <tuple>
 
 namespace mmkat {
+
+// The typed handle of the operator `name` ("mmkat::..."), for calls through the dispatcher; callers keep it in a
+// function-local static (looked up once: the schemas are defined when the library loads, before any call).
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
 
 // Checks shared by every backend; the messages name what was expected. `op` names the caller.
 void check_group_rational_inputs(const at::Tensor& x, const at::Tensor& weight_numerator,

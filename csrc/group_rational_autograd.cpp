@@ -29,16 +29,13 @@ using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Te
 using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                    const at::Tensor&, const at::Tensor&, int64_t);
 
-// Looked up once (the schemas are defined when the library loads, before any call).
 const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_forward", "").typed<ForwardSig>();
+  static const auto op = find_op<ForwardSig>("mmkat::group_rational_forward");
   return op;
 }
 
 const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_backward", "").typed<BackwardSig>();
+  static const auto op = find_op<BackwardSig>("mmkat::group_rational_backward");
   return op;
 }
 
@@ -50,10 +47,16 @@ void refuse_double_backward(const char* op) {
               "impl='reference' for higher-order gradients.");
 }
 
-// Whether a call records a graph node: grad mode is on and one of the tensors asks for a gradient.
+bool has_tensor(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+bool asks_grad(const at::Tensor& t) { return t.requires_grad(); }
+bool asks_grad(const std::optional<at::Tensor>& t) { return has_tensor(t) && t->requires_grad(); }
+
+// Whether a call records a graph node: grad mode is on and one of the tensors (an absent optional one does not
+// count) asks for a gradient.
 template <typename... Tensors>
 bool records(const Tensors&... tensors) {
-  return at::GradMode::is_enabled() && (tensors.requires_grad() || ...);
+  return at::GradMode::is_enabled() && (asks_grad(tensors) || ...);
 }
 
 // The forward and backward of the ops whose gradient is mmkat::group_rational_backward's (group_rational_forward,
@@ -98,9 +101,7 @@ class GroupRationalFunction : public torch::autograd::Function<GroupRationalFunc
 using ForwardToSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, at::ScalarType);
 
 const c10::TypedOperatorHandle<ForwardToSig>& forward_to_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("mmkat::group_rational_forward_to", "")
-                             .typed<ForwardToSig>();
+  static const auto op = find_op<ForwardToSig>("mmkat::group_rational_forward_to");
   return op;
 }
 
@@ -138,16 +139,12 @@ using BiasBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 
 const c10::TypedOperatorHandle<BiasForwardSig>& bias_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("mmkat::group_rational_bias_forward", "")
-                             .typed<BiasForwardSig>();
+  static const auto op = find_op<BiasForwardSig>("mmkat::group_rational_bias_forward");
   return op;
 }
 
 const c10::TypedOperatorHandle<BiasBackwardSig>& bias_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("mmkat::group_rational_bias_backward", "")
-                             .typed<BiasBackwardSig>();
+  static const auto op = find_op<BiasBackwardSig>("mmkat::group_rational_bias_backward");
   return op;
 }
 
@@ -192,12 +189,9 @@ using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Ten
                              const std::optional<at::Tensor>&, at::ScalarType);
 
 const c10::TypedOperatorHandle<LinearSig>& linear_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_linear", "").typed<LinearSig>();
+  static const auto op = find_op<LinearSig>("mmkat::group_rational_linear");
   return op;
 }
-
-bool has_tensor(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // t in `dtype`, without an aten::to call where it is already (below autograd an op must not return its input).
 at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype ? t : t.to(dtype); }
@@ -269,12 +263,7 @@ at::Tensor group_rational_linear_autograd(const at::Tensor& x, const at::Tensor&
                                           const at::Tensor& weight_denominator, int64_t groups,
                                           const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                           at::ScalarType dtype) {
-  const bool with_bias = bias.has_value() && bias->defined();
-  const bool record = at::GradMode::is_enabled() &&
-                      (x.requires_grad() || weight_numerator.requires_grad() ||
-                       weight_denominator.requires_grad() || weight.requires_grad() ||
-                       (with_bias && bias->requires_grad()));
-  if (!record) {
+  if (!records(x, weight_numerator, weight_denominator, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return linear_op().call(x, weight_numerator, weight_denominator, groups, weight, bias, dtype);
   }
@@ -286,19 +275,18 @@ using KanSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor
                           const at::Tensor&, const std::optional<at::Tensor>&, at::ScalarType);
 
 const c10::TypedOperatorHandle<KanSig>& kan_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mmkat::group_rational_kan", "").typed<KanSig>();
+  static const auto op = find_op<KanSig>("mmkat::group_rational_kan");
   return op;
 }
 
 // A whole KAN block, y = linear(F2(linear(F1(x), weight1, bias1)), weight2, bias2) in `dtype`, as two graph nodes
-// that keep what the separate calls keep and free it when they do: KanInnerFunction, z = F2(linear(F1(x))), keeps x,
-// the coefficients, weight1 and h = linear(F1(x)) (not F1(x), recomputed as in group_rational_linear); KanOuterFunction,
-// y = linear(z, weight2, bias2), keeps z and weight2 in `dtype`, and is done with them (its backward runs first)
-// before F2's backward makes its gradient of h: one node for the whole block would hold z through the rest of the
-// backward, at the moment backward holds the most. Each backward makes the separate calls' kernel calls in their
-// order (fc2's gradients as aten::addmm's backward forms them, F2's backward, then group_rational_linear's), so
-// the gradients are theirs.
+// that keep what the separate calls keep and free it when they do: KanInnerFunction, z = F2(linear(F1(x))), keeps
+// x, the coefficients, weight1 and h = linear(F1(x)) (not F1(x), recomputed as in group_rational_linear);
+// KanOuterFunction, y = linear(z, weight2, bias2), keeps z and weight2 in `dtype`, and is done with them (its
+// backward runs first) before F2's backward makes its gradient of h: one node for the whole block would hold z
+// through the rest of the backward, at the moment backward holds the most. Each backward makes the separate calls'
+// kernel calls in their order (fc2's gradients as aten::addmm's backward forms them, F2's backward, then
+// group_rational_linear's), so the gradients are theirs.
 class KanInnerFunction : public torch::autograd::Function<KanInnerFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& numerator1,
@@ -333,7 +321,8 @@ class KanInnerFunction : public torch::autograd::Function<KanInnerFunction> {
     const std::array<bool, 5> needs1{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                      ctx->needs_input_grad(3), has_bias1 && ctx->needs_input_grad(4)};
     const variable_list saved = ctx->get_saved_variables();
-    auto [dh, d_num2, d_den2] = backward_op().call(dz, saved[4], saved[5], saved[6], ctx->saved_data["groups2"].toInt());
+    auto [dh, d_num2, d_den2] =
+        backward_op().call(dz, saved[4], saved[5], saved[6], ctx->saved_data["groups2"].toInt());
     if (ctx->needs_input_grad(second)) grads[6] = d_num2;
     if (ctx->needs_input_grad(second + 1)) grads[7] = d_den2;
     if (needs1[0] || needs1[1] || needs1[2] || needs1[3] || needs1[4]) {
@@ -395,10 +384,7 @@ at::Tensor group_rational_kan_autograd(const at::Tensor& x, const at::Tensor& nu
                                        const std::optional<at::Tensor>& bias1, const at::Tensor& numerator2,
                                        const at::Tensor& denominator2, int64_t groups2, const at::Tensor& weight2,
                                        const std::optional<at::Tensor>& bias2, at::ScalarType dtype) {
-  const bool record = records(x, numerator1, denominator1, weight1, numerator2, denominator2, weight2) ||
-                      (at::GradMode::is_enabled() && ((has_tensor(bias1) && bias1->requires_grad()) ||
-                                                      (has_tensor(bias2) && bias2->requires_grad())));
-  if (!record) {
+  if (!records(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2, bias2)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return kan_op().call(x, numerator1, denominator1, groups1, weight1, bias1, numerator2, denominator2, groups2,
                          weight2, bias2, dtype);

@@ -368,9 +368,16 @@ def host_costs(args, device) -> dict:
     fused_step = {k: statistics.median(times[k, 'fused']) for k in ('vit', 'kat')}
     fb = {k: statistics.median(v) for k, v in fb_times.items()}
 
+    # Each call: (module, input, output gradient). The activations on 256 channels; a whole channel mixer of the
+    # step's width, the twin's MLP (fc1, GELU, fc2) and KAT's KAN block.
     x = torch.randn(2, 5, 256, device=device, requires_grad=True)
     dy = torch.randn(2, 5, 256, device=device)
-    acts = {'GELU': nn.GELU(), 'GroupRational': GroupRational(8, 'swish', num_channels=256).to(device)}
+    torch.manual_seed(0)
+    xb = torch.randn(2, 5, 64, device=device, requires_grad=True)
+    dyb = torch.randn(2, 5, 64, device=device)
+    cases = {'GELU': (nn.GELU(), x, dy),
+             'GroupRational': (GroupRational(8, 'swish', num_channels=256).to(device), x, dy),
+             'MLP': (Mlp(64, 256).to(device), xb, dyb), 'KAN': (KAN(64, 256).to(device), xb, dyb)}
 
     def per_call_us(fn, calls=2000):
         best = float('inf')
@@ -383,13 +390,8 @@ def host_costs(args, device) -> dict:
             best = min(best, (time.perf_counter() - t0) / calls * 1e6)
         return best
 
-    # A whole channel mixer of the step's width: the twin's MLP (fc1, GELU, fc2) and KAT's KAN block.
-    torch.manual_seed(0)
-    xb = torch.randn(2, 5, 64, device=device, requires_grad=True)
-    dyb = torch.randn(2, 5, 64, device=device)
-    blocks = {'MLP': (Mlp(64, 256).to(device), xb, dyb), 'KAN': (KAN(64, 256).to(device), xb, dyb)}
     calls = {}
-    for name, (act, xi, dyi) in [(n, (a, x, dy)) for n, a in acts.items()] + list(blocks.items()):
+    for name, (act, xi, dyi) in cases.items():
         calls[f'{name} forward'] = per_call_us(lambda: act(xi))
         calls[f'{name} forward+backward'] = per_call_us(lambda: act(xi).backward(dyi))
         with torch.no_grad():

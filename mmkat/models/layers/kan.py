@@ -29,6 +29,11 @@ def _coefficients(act: GroupRational) -> Tuple[torch.Tensor, torch.Tensor]:
     return parameter_of(act, 'weight_numerator'), parameter_of(act, 'weight_denominator')
 
 
+def _passes_through(drop: nn.Module) -> bool:
+    """Whether ``drop`` is an nn.Dropout that returns its input tensor itself (p = 0 or eval mode; no autograd node)."""
+    return type(drop) is nn.Dropout and (drop.p == 0. or not drop.training)
+
+
 class KAN(nn.Module):
     """Two group-rational KAN layers: act1 -> drop1 -> fc1 -> act2 -> drop2 -> fc2.
 
@@ -129,8 +134,7 @@ class KAN(nn.Module):
             dtype = _rational.linear_dtype(x)
             if dtype in (torch.bfloat16, torch.float16):
                 act1.check_input(x)
-                return _rational._compiled_call_to(x, act1.weight_numerator, act1.weight_denominator, act1.groups,
-                                                   dtype)
+                return _rational._compiled_call_to(x, *_coefficients(act1), act1.groups, dtype)
         return self.drop1(act1(x))
 
     def fc1_without_bias(self, x: torch.Tensor, fold: bool) -> torch.Tensor:
@@ -142,8 +146,7 @@ class KAN(nn.Module):
         if not fold:
             return self.act2(h)
         act2 = self.act2
-        return _rational._bias_compiled_call(h, self.fc1.bias, act2.weight_numerator, act2.weight_denominator,
-                                             act2.groups)
+        return _rational._bias_compiled_call(h, self.fc1.bias, *_coefficients(act2), act2.groups)
 
     def _whole(self, x: torch.Tensor) -> bool:
         """Whether, where act1 -> fc1 is one op (:meth:`_fused`), the rest of the block joins it: act2 a GroupRational
@@ -151,8 +154,8 @@ class KAN(nn.Module):
         input (p = 0 or eval), and no hook on act2, drop2 or fc2."""
         modules = self._modules
         act2, drop2, fc2 = modules['act2'], modules['drop2'], modules['fc2']
-        return (type(act2) is GroupRational and type(fc2) is nn.Linear and type(drop2) is nn.Dropout
-                and (drop2.p == 0. or not drop2.training) and x.device.type in act2._op_devices
+        return (type(act2) is GroupRational and type(fc2) is nn.Linear and _passes_through(drop2)
+                and x.device.type in act2._op_devices
                 and act2.num_channels in (None, modules['fc1'].out_features) and not _hooked(act2, drop2, fc2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,10 +179,9 @@ class KAN(nn.Module):
         return self.fc2(self._drop2(self.act2_with_bias(x, fold)))
 
     def _drop2(self, x: torch.Tensor) -> torch.Tensor:
-        """drop2, not called where it would return ``x`` itself unseen (an nn.Dropout with p = 0 or in eval mode
-        returns its input tensor, and makes no autograd node): a module call less per block."""
+        """drop2, not called where it would return ``x`` itself unseen: a module call less per block."""
         drop2 = self._modules['drop2']
-        if type(drop2) is nn.Dropout and (drop2.p == 0. or not drop2.training) and not _hooked(drop2):
+        if _passes_through(drop2) and not _hooked(drop2):
             return x
         return drop2(x)
 
